@@ -1,0 +1,1 @@
+"""Chaos Toolkit experiments: validation, the runner process, journals and guardrails."""

@@ -1,0 +1,227 @@
+"""The connection step shared by the http, tcp, tls and dns-over-tls probes.
+
+It measures each phase on its own, which aiohttp's tracing cannot (it merges connect and TLS):
+
+- ``resolve``: IP literals skip it; names are looked up in the hosts file, then with dnspython
+  (so NXDOMAIN and "no address of that family" are distinct reasons). Honours blackbox's
+  ``preferred_ip_protocol`` and ``ip_protocol_fallback``.
+- ``connect``: one TCP connect to the chosen address (asyncio streams).
+- ``tls``: the TLS handshake over that connection (``StreamWriter.start_tls``).
+
+Gauges: ``probe_dns_lookup_time_seconds``, ``probe_ip_protocol``, ``probe_ip_addr_hash``.
+
+A :class:`Connector` is long-lived: it holds the resolver and caches SSL contexts per
+``tls_config`` so probes never rebuild them. Every probe still opens a fresh connection.
+
+    connector = Connector()
+    ip = await connector.resolve("example.com", rec, "ip4", fallback=True)
+    reader, writer = await connector.open(ip, 443, rec)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import zlib
+from pathlib import Path
+
+import dns.asyncresolver
+import dns.rdatatype
+import dns.resolver
+
+from probes.modules import TLSConfig
+from probes.result import Reason, Recorder
+
+__all__ = ["Connector", "split_host_port"]
+
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+
+def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port``, ``[v6]:port`` or a bare host (with ``default_port``).
+
+    Raises ``ValueError`` naming the target and the rule.
+    """
+    text = target.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"target {target!r}: unclosed '[' in IPv6 address")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"target {target!r}: expected ':port' after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":", 1)
+    elif text.count(":") > 1:
+        host = text  # bare IPv6 literal
+    if not host:
+        raise ValueError(f"target {target!r}: missing host")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"target {target!r}: missing port (use host:port)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"target {target!r}: port {port_text!r} is not 1-65535")
+    return host, int(port_text)
+
+
+def _family_order(preferred: str, fallback: bool) -> list[int]:
+    six = preferred in ("ip6", "tcp6", "udp6", "")
+    first, second = (socket.AF_INET6, socket.AF_INET) if six else (socket.AF_INET, socket.AF_INET6)
+    return [first, second] if fallback else [first]
+
+
+class Connector:
+    """Resolves, connects and does TLS handshakes for probes, timing each phase."""
+
+    def __init__(
+        self,
+        resolver: dns.asyncresolver.Resolver | None = None,
+        hosts_file: str | Path = "/etc/hosts",
+    ) -> None:
+        self._resolver = resolver
+        self._hosts = _read_hosts(Path(hosts_file))
+        self._contexts: dict[tuple[TLSConfig, bool], ssl.SSLContext] = {}
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        if self._resolver is None:
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
+                self._resolver.nameservers = ["127.0.0.1"]
+        return self._resolver
+
+    async def resolve(
+        self, host: str, rec: Recorder, preferred: str = "ip6", fallback: bool = True
+    ) -> str:
+        """Resolve ``host`` to one IP address (phase ``resolve``)."""
+        with rec.phase("resolve"):
+            ip = await self._resolve(host, _family_order(preferred, fallback))
+        rec.gauge("probe_dns_lookup_time_seconds", rec.phases["resolve"],
+                  help="Returns the time taken for probe dns lookup in seconds")
+        version = ipaddress.ip_address(ip).version
+        rec.gauge("probe_ip_protocol", version,
+                  help="Specifies whether probe ip protocol is IP4 or IP6")
+        rec.gauge("probe_ip_addr_hash", zlib.crc32(ip.encode()),
+                  help="Specifies the hash of IP address. It's useful to detect if the IP address changes.")
+        return ip
+
+    async def _resolve(self, host: str, families: list[int]) -> str:
+        host = host.strip("[]")
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return str(literal)
+        name = host.lower().rstrip(".")
+        last_error: Exception | None = None
+        for family in families:
+            hit = self._hosts.get((name, family))
+            if hit:
+                return hit
+            rdtype = dns.rdatatype.AAAA if family == socket.AF_INET6 else dns.rdatatype.A
+            try:
+                answer = await self.resolver.resolve(name, rdtype, search=True)
+            except dns.resolver.NoAnswer as exc:
+                last_error = exc
+                continue
+            for rr in answer:
+                return str(rr.address)
+        if last_error is not None:
+            raise last_error
+        raise dns.resolver.NoAnswer(f"no address of the wanted family for {host}")
+
+    async def open(
+        self, ip: str, port: int, rec: Recorder, *, source_ip: str | None = None,
+        limit: int = 2**16,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a TCP connection (phase ``connect``)."""
+        with rec.phase("connect"):
+            reader, writer = await asyncio.open_connection(
+                ip, port, local_addr=(source_ip, 0) if source_ip else None, limit=limit
+            )
+        rec.peer = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        return reader, writer
+
+    def ssl_context(self, cfg: TLSConfig, *, verify: bool = True) -> ssl.SSLContext:
+        """An SSL context for ``cfg``, built once and cached.
+
+        ``verify=False`` gives a context that completes the handshake whatever the
+        certificate (used to collect chain facts after verification failed).
+        """
+        key = (cfg, verify)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = _build_context(cfg, verify=verify and not cfg.insecure_skip_verify)
+            self._contexts[key] = ctx
+        return ctx
+
+    async def start_tls(
+        self, writer: asyncio.StreamWriter, cfg: TLSConfig, server_name: str, rec: Recorder,
+        *, verify: bool = True,
+    ) -> ssl.SSLObject:
+        """Upgrade the connection to TLS (phase ``tls``). Sets ``rec.tls``."""
+        from probes.certs import tls_info  # local: certs depends on cryptography, load lazily
+
+        ctx = self.ssl_context(cfg, verify=verify)
+        sni = cfg.server_name or server_name
+        with rec.phase("tls"):
+            await writer.start_tls(ctx, server_hostname=sni)
+        sslobj = writer.get_extra_info("ssl_object")
+        if not isinstance(sslobj, ssl.SSLObject):
+            rec.fail(Reason.TLS_HANDSHAKE_FAILED, "no TLS session after handshake")
+        rec.tls = tls_info(sslobj, sni, verified=verify and not cfg.insecure_skip_verify)
+        return sslobj
+
+
+def _build_context(cfg: TLSConfig, *, verify: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify:
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if cfg.ca_file or cfg.ca:
+            ctx.load_verify_locations(cafile=cfg.ca_file, cadata=cfg.ca)
+        else:
+            ctx.load_default_certs()
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    ctx.minimum_version = _TLS_VERSIONS[cfg.min_version or "TLS12"]
+    if cfg.max_version:
+        ctx.maximum_version = _TLS_VERSIONS[cfg.max_version]
+    return ctx
+
+
+def _read_hosts(path: Path) -> dict[tuple[str, int], str]:
+    table: dict[tuple[str, int], str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return table
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        try:
+            ip = ipaddress.ip_address(fields[0].split("%", 1)[0])
+        except ValueError:
+            continue
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        for name in fields[1:]:
+            table.setdefault((name.lower().rstrip("."), family), str(ip))
+    return table

@@ -1,0 +1,293 @@
+"""The one result type every probe kind returns, and the recorder that builds it.
+
+A probe run records phases (``resolve``, ``connect``, ``tls``, ...), blackbox-style gauges
+(``probe_http_status_code`` ...) and TLS facts into a :class:`Recorder`. The runner
+(:func:`probes.run_probe`) turns the recorder into a frozen :class:`ProbeResult`.
+
+Expected failures (NXDOMAIN, refused, a bad certificate, a 5xx) are data: a :class:`Reason`
+from a closed set. Bugs are exceptions and are never turned into a reason here.
+
+    rec = Recorder("http")
+    with rec.phase("connect"):
+        sock = await connect(...)
+    rec.gauge("probe_http_status_code", 200, help="Response HTTP status code")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NoReturn
+
+__all__ = [
+    "TIMEOUT_REASONS",
+    "CertInfo",
+    "Measurement",
+    "ProbeFailed",
+    "ProbeResult",
+    "Reason",
+    "Recorder",
+    "TLSInfo",
+]
+
+
+class Reason(StrEnum):
+    """Why a probe run ended. ``SUCCESS`` or one failure reason from this closed set.
+
+    The values are Prometheus label values (``reason=...``) and are documented in
+    ``docs/reasons.md``; adding one is a public change.
+    """
+
+    SUCCESS = "success"
+    # resolving the target's host name
+    DNS_NXDOMAIN = "dns_nxdomain"
+    DNS_NO_ADDRESS = "dns_no_address"
+    DNS_RESOLVE_FAILED = "dns_resolve_failed"
+    DNS_RESOLVE_TIMEOUT = "dns_resolve_timeout"
+    # the TCP connection
+    CONNECT_REFUSED = "connect_refused"
+    CONNECT_TIMEOUT = "connect_timeout"
+    CONNECT_UNREACHABLE = "connect_unreachable"
+    CONNECTION_RESET = "connection_reset"
+    CONNECTION_CLOSED = "connection_closed"
+    # TLS
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+    TLS_HANDSHAKE_TIMEOUT = "tls_handshake_timeout"
+    TLS_CERT_EXPIRED = "tls_cert_expired"
+    TLS_CERT_NOT_YET_VALID = "tls_cert_not_yet_valid"
+    TLS_CERT_EXPIRING = "tls_cert_expiring"
+    TLS_UNTRUSTED = "tls_untrusted"
+    TLS_SELF_SIGNED = "tls_self_signed"
+    TLS_HOSTNAME_MISMATCH = "tls_hostname_mismatch"
+    TLS_REQUIRED = "tls_required"
+    TLS_FORBIDDEN = "tls_forbidden"
+    # HTTP
+    HTTP_STATUS = "http_status"
+    HTTP_VERSION = "http_version"
+    HTTP_PROTOCOL_ERROR = "http_protocol_error"
+    HTTP_TOO_MANY_REDIRECTS = "http_too_many_redirects"
+    BODY_MISMATCH = "body_mismatch"
+    HEADER_MISMATCH = "header_mismatch"
+    BODY_TOO_LARGE = "body_too_large"
+    # DNS probe (the target is a DNS server)
+    DNS_RCODE = "dns_rcode"
+    DNS_ANSWER_MISMATCH = "dns_answer_mismatch"
+    DNS_PROTOCOL_ERROR = "dns_protocol_error"
+    # TCP query_response
+    TCP_EXPECT_MISMATCH = "tcp_expect_mismatch"
+    # everything else
+    TIMEOUT = "timeout"
+    PROXY_ERROR = "proxy_error"
+    CONFIG_ERROR = "config_error"
+    UNSUPPORTED = "unsupported"
+    INTERNAL_ERROR = "internal_error"
+
+
+#: the reason a run gets when the scheduler's timeout fires during a phase
+TIMEOUT_REASONS: Mapping[str | None, Reason] = {
+    "resolve": Reason.DNS_RESOLVE_TIMEOUT,
+    "connect": Reason.CONNECT_TIMEOUT,
+    "tls": Reason.TLS_HANDSHAKE_TIMEOUT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One blackbox-style gauge sample, e.g. ``probe_http_status_code 200``."""
+
+    name: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+    help: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """Facts about one certificate of a presented chain. Times are Unix seconds."""
+
+    subject: str
+    issuer: str
+    sans: tuple[str, ...]
+    not_before: float
+    not_after: float
+    fingerprint_sha256: str
+    serial: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "sans": list(self.sans),
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "fingerprint_sha256": self.fingerprint_sha256,
+            "serial": self.serial,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    """What a TLS handshake showed. ``chain[0]`` is the leaf, as presented by the peer.
+
+    ``verified`` says whether the chain verified against the configured trust;
+    ``verify_error`` says why not (a TLS ``Reason``), ``None`` when it verified or
+    verification was skipped (``insecure_skip_verify``).
+    """
+
+    version: str
+    cipher: str
+    server_name: str
+    chain: tuple[CertInfo, ...]
+    verified: bool
+    verify_error: Reason | None = None
+    verified_chain: tuple[CertInfo, ...] = ()
+
+    @property
+    def earliest_expiry(self) -> float | None:
+        return min((c.not_after for c in self.chain), default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "cipher": self.cipher,
+            "server_name": self.server_name,
+            "verified": self.verified,
+            "verify_error": self.verify_error.value if self.verify_error else None,
+            "earliest_expiry": self.earliest_expiry,
+            "chain": [c.to_json() for c in self.chain],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of one probe run. Immutable; safe to share between tasks."""
+
+    kind: str
+    target: str
+    reason: Reason
+    detail: str
+    duration_seconds: float
+    phases: Mapping[str, float]
+    measurements: tuple[Measurement, ...]
+    tls: TLSInfo | None = None
+    peer: str | None = None
+    started_at: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return self.reason is Reason.SUCCESS
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (used by the API, ``seismo probe --json`` and CTK providers)."""
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "success": self.success,
+            "reason": self.reason.value,
+            "detail": self.detail,
+            "duration_seconds": self.duration_seconds,
+            "phases": dict(self.phases),
+            "peer": self.peer,
+            "started_at": self.started_at,
+            "tls": self.tls.to_json() if self.tls else None,
+            "metrics": {
+                _sample_key(m.name, m.labels): m.value for m in self.measurements
+            },
+            **({"extra": dict(self.extra)} if self.extra else {}),
+        }
+
+
+def _sample_key(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    if not labels:
+        return name
+    inner = ",".join(f'{k}="{v}"' for k, v in labels)
+    return f"{name}{{{inner}}}"
+
+
+class ProbeFailed(Exception):
+    """Raised inside a probe to end the run with an expected failure ``reason``."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Recorder:
+    """Collects phases, gauges and TLS facts while one probe runs.
+
+    Phase times accumulate (an HTTP probe that follows a redirect adds both requests'
+    ``connect`` times, as blackbox_exporter does). ``current_phase`` stays set when a phase
+    is cancelled, so a timeout can be blamed on the phase it hit.
+    """
+
+    __slots__ = ("_measurements", "current_phase", "extra", "kind", "peer", "phases", "tls")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.phases: dict[str, float] = {}
+        self._measurements: dict[tuple[str, tuple[tuple[str, str], ...]], Measurement] = {}
+        self.tls: TLSInfo | None = None
+        self.peer: str | None = None
+        self.current_phase: str | None = None
+        self.extra: dict[str, Any] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase; translate foreign exceptions raised in it into a ``ProbeFailed``."""
+        from probes.errors import translate  # local: errors imports this module
+
+        self.phases.setdefault(name, 0.0)
+        self.current_phase = name
+        start = time.perf_counter()
+        try:
+            yield
+        except ProbeFailed:
+            self.phases[name] += time.perf_counter() - start
+            raise
+        except Exception as exc:
+            self.phases[name] += time.perf_counter() - start
+            failure = translate(exc, name)
+            if failure is None:
+                raise
+            raise failure from exc
+        else:
+            self.phases[name] += time.perf_counter() - start
+            self.current_phase = None
+
+    def gauge(self, name: str, value: float, help: str = "", **labels: str) -> None:
+        """Set a blackbox-style gauge (overwrites an earlier value with the same labels)."""
+        key_labels = tuple(labels.items())
+        self._measurements[(name, key_labels)] = Measurement(name, float(value), key_labels, help)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        m = self._measurements.get((name, tuple(labels.items())))
+        return None if m is None else m.value
+
+    def fail(self, reason: Reason, detail: str) -> NoReturn:
+        raise ProbeFailed(reason, detail)
+
+    def finish(
+        self, target: str, reason: Reason, detail: str, duration: float, started_at: float
+    ) -> ProbeResult:
+        self.gauge("probe_success", 1 if reason is Reason.SUCCESS else 0,
+                   help="Displays whether or not the probe was a success")
+        self.gauge("probe_duration_seconds", duration,
+                   help="Returns how long the probe took to complete in seconds")
+        return ProbeResult(
+            kind=self.kind,
+            target=target,
+            reason=reason,
+            detail=detail,
+            duration_seconds=duration,
+            phases=dict(self.phases),
+            measurements=tuple(self._measurements.values()),
+            tls=self.tls,
+            peer=self.peer,
+            started_at=started_at,
+            extra=dict(self.extra),
+        )
