@@ -26,9 +26,13 @@ def load_token(settings: APISettings) -> str | None:
         try:
             token = Path(settings.token_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ValueError(f"api.token_file {settings.token_file}: {exc.strerror or exc}") from exc
+            raise ValueError(
+                f"api.token_file {settings.token_file}: {exc.strerror or exc}"
+            ) from exc
         if len(token) < 16:
-            raise ValueError(f"api.token_file {settings.token_file}: token must be at least 16 characters")
+            raise ValueError(
+                f"api.token_file {settings.token_file}: token must be at least 16 characters"
+            )
         return token
     return settings.token
 

@@ -48,8 +48,21 @@ DEFAULT_TIMEOUT = 10.0
 
 #: labels seismo sets itself, or Prometheus owns; a check's `labels:` may not use them
 RESERVED_LABELS = frozenset(
-    {"check", "module", "target", "region", "zone", "node", "instance", "job", "le",
-     "phase", "reason", "result", "quantile"}
+    {
+        "check",
+        "module",
+        "target",
+        "region",
+        "zone",
+        "node",
+        "instance",
+        "job",
+        "le",
+        "phase",
+        "reason",
+        "result",
+        "quantile",
+    }
 )
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _CHECK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.:/-]{0,127}$")
@@ -200,11 +213,13 @@ class Config(_Model):
         out: list[tuple[tuple[str | int, ...], str]] = []
         for name, module in self.modules.items():
             if not module.supported:
-                out.append((
-                    ("modules", name, "prober"),
-                    f"module {name!r}: prober {module.prober!r} is not supported by seismo; "
-                    "it loads, but probing with it fails with reason 'unsupported'",
-                ))
+                out.append(
+                    (
+                        ("modules", name, "prober"),
+                        f"module {name!r}: prober {module.prober!r} is not supported by seismo; "
+                        "it loads, but probing with it fails with reason 'unsupported'",
+                    )
+                )
         return out
 
 
@@ -239,7 +254,10 @@ class _Source:
 
 
 def _construct(
-    node: yaml.Node, path: tuple[str | int, ...], src: _Source, env: Mapping[str, str],
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    src: _Source,
+    env: Mapping[str, str],
     errors: list[str],
 ) -> Any:
     src.lines.setdefault(path, node.start_mark.line + 1)
@@ -247,35 +265,41 @@ def _construct(
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                errors.append(f"{src.filename}:{key_node.start_mark.line + 1}: "
-                              "YAML merge keys (<<) are not supported")
+                errors.append(
+                    f"{src.filename}:{key_node.start_mark.line + 1}: "
+                    "YAML merge keys (<<) are not supported"
+                )
                 continue
             key = yaml.SafeLoader(" ").construct_object(key_node)  # plain scalar key
             if not isinstance(key, str | int | bool | float):
-                errors.append(f"{src.filename}:{key_node.start_mark.line + 1}: "
-                              "mapping keys must be plain scalars")
+                errors.append(
+                    f"{src.filename}:{key_node.start_mark.line + 1}: "
+                    "mapping keys must be plain scalars"
+                )
                 continue
             child = (*path, str(key))
             if key in out:
-                errors.append(f"{src.filename}:{key_node.start_mark.line + 1}: "
-                              f"{_dotted(child)}: duplicate key {key!r}")
+                errors.append(
+                    f"{src.filename}:{key_node.start_mark.line + 1}: "
+                    f"{_dotted(child)}: duplicate key {key!r}"
+                )
                 continue
             src.lines[child] = key_node.start_mark.line + 1
             out[key] = _construct(value_node, child, src, env, errors)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _construct(item, (*path, i), src, env, errors) for i, item in enumerate(node.value)
-        ]
+        return [_construct(item, (*path, i), src, env, errors) for i, item in enumerate(node.value)]
     assert isinstance(node, yaml.ScalarNode)
     value = yaml.SafeLoader(" ").construct_object(node)
     if isinstance(value, str) and "$" in value:
         try:
             value = expand_env(value, env)
         except KeyError as exc:
-            errors.append(f"{src.filename}:{node.start_mark.line + 1}: {_dotted(path)}: "
-                          f"environment variable {exc.args[0]} is not set "
-                          "(use ${VAR:-default} for a default)")
+            errors.append(
+                f"{src.filename}:{node.start_mark.line + 1}: {_dotted(path)}: "
+                f"environment variable {exc.args[0]} is not set "
+                "(use ${VAR:-default} for a default)"
+            )
     return value
 
 

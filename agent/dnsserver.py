@@ -66,8 +66,15 @@ _TCP_LIMIT = 65535
 _MAX_TTL = 2**31 - 1
 #: types that are not data and cannot appear in a zone
 _META_TYPES = frozenset(
-    {dns.rdatatype.ANY, dns.rdatatype.OPT, dns.rdatatype.AXFR, dns.rdatatype.IXFR,
-     dns.rdatatype.TSIG, dns.rdatatype.TKEY, dns.rdatatype.NONE}
+    {
+        dns.rdatatype.ANY,
+        dns.rdatatype.OPT,
+        dns.rdatatype.AXFR,
+        dns.rdatatype.IXFR,
+        dns.rdatatype.TSIG,
+        dns.rdatatype.TKEY,
+        dns.rdatatype.NONE,
+    }
 )
 _DOH_CONTENT_TYPE = "application/dns-message"
 _DEFAULT_TTL = 300
@@ -130,7 +137,7 @@ class Zone:
     ) -> Zone:
         """Build a zone from ``{name: [(type, rdata text[, ttl]), ...]}``.
 
-        >>> Zone.from_dict("demo.test.", {"@": [("MX", "10 mail", 60)], "mail": [("A", "127.0.0.9")]})
+        >>> Zone.from_dict("demo.test.", {"mail": [("A", "127.0.0.9"), ("TXT", '"hi"', 60)]})
         """
         records = []
         for name, entries in data.items():
@@ -153,7 +160,7 @@ class Zone:
         return self._rrsets[self.origin_name][dns.rdatatype.SOA]
 
     def node(self, name: dns.name.Name) -> Mapping[dns.rdatatype.RdataType, dns.rrset.RRset] | None:
-        """The RRsets at ``name``; ``{}`` for an empty non-terminal; ``None`` if it does not exist."""
+        """The RRsets at ``name``: ``{}`` for an empty non-terminal, ``None`` for no such name."""
         found = self._rrsets.get(name)
         if found is not None:
             return found
@@ -193,7 +200,10 @@ def _compile(
     apex = nodes.setdefault(origin, {})
     if dns.rdatatype.SOA not in apex:
         apex[dns.rdatatype.SOA] = dns.rrset.from_text(
-            origin, 3600, "IN", "SOA",
+            origin,
+            3600,
+            "IN",
+            "SOA",
             f"ns.{origin} hostmaster.{origin} 1 3600 600 86400 60",
         )
     elif len(apex[dns.rdatatype.SOA]) > 1:
@@ -217,8 +227,10 @@ def _parse_record(origin: dns.name.Name, record: Record) -> tuple[dns.name.Name,
         raise bad("unknown record type") from exc
     if rdtype in _META_TYPES:
         raise bad(f"{record.type} is a query-only type, not zone data")
-    if isinstance(record.ttl, bool) or not isinstance(record.ttl, int) or not (
-        0 <= record.ttl <= _MAX_TTL
+    if (
+        isinstance(record.ttl, bool)
+        or not isinstance(record.ttl, int)
+        or not (0 <= record.ttl <= _MAX_TTL)
     ):
         raise bad(f"the TTL must be an integer 0-{_MAX_TTL}")
     try:
@@ -290,7 +302,7 @@ class DNSServer:
     # -- behaviour table ---------------------------------------------------------------------
 
     def set_behaviour(self, name: str, action: Action | None) -> None:
-        """Set (or with ``None`` remove) the action for ``name`` (absolute, ``*.`` for a subtree)."""
+        """Set (``None``: remove) the action for ``name`` (absolute; ``*.`` for a subtree)."""
         try:
             key = dns.name.from_text(name)
         except dns.exception.DNSException as exc:
@@ -303,7 +315,7 @@ class DNSServer:
         self._behaviours[key] = Action(action)
 
     def action_for(self, qname: dns.name.Name) -> Action:
-        """The action for ``qname``: an exact entry, else the nearest ``*.`` subtree, else default."""
+        """The action for ``qname``: exact entry, else nearest ``*.`` subtree, else default."""
         exact = self._behaviours.get(qname)
         if exact is not None:
             return exact
@@ -323,7 +335,7 @@ class DNSServer:
     # -- listeners ---------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve UDP and TCP on ``host:port`` (0: an ephemeral port free for both). Returns the port."""
+        """Serve UDP and TCP on ``host:port`` (0: a port free for both). Returns the port."""
         loop = asyncio.get_running_loop()
         # port 0 picks a free UDP port; TCP may hold that number already, so try a few
         attempts = 20 if port == 0 else 1
@@ -344,10 +356,16 @@ class DNSServer:
             return bound
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def start_tls(self, ssl_ctx: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start_tls(
+        self, ssl_ctx: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0
+    ) -> int:
         """Serve DNS-over-TLS (RFC 7858) on ``host:port``. Returns the bound port."""
         server = await asyncio.start_server(
-            self._serve_stream_tls, host, port, ssl=ssl_ctx, ssl_handshake_timeout=self._idle_timeout
+            self._serve_stream_tls,
+            host,
+            port,
+            ssl=ssl_ctx,
+            ssl_handshake_timeout=self._idle_timeout,
         )
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
@@ -355,7 +373,7 @@ class DNSServer:
     def doh_handler(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """An aiohttp handler for RFC 8484 (GET ``?dns=`` and POST ``application/dns-message``).
 
-            app.router.add_route("*", "/dns-query", server.doh_handler())
+        app.router.add_route("*", "/dns-query", server.doh_handler())
         """
         return self._handle_doh
 
@@ -497,8 +515,14 @@ class DNSServer:
             response.set_rcode(_ACTION_RCODES[action])
             return response
         question = query.question[0]
-        origin = self.zone.origin_name
-        if question.rdclass != dns.rdataclass.IN or not question.name.is_subdomain(origin):
+        in_zone = question.rdclass == dns.rdataclass.IN and question.name.is_subdomain(
+            self.zone.origin_name
+        )
+        if action is Action.NXDOMAIN and not in_zone:
+            # an injected fault for a name we do not own: there is no SOA of ours to give
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            return response
+        if not in_zone:
             response.set_rcode(dns.rcode.REFUSED)  # not our zone: an authoritative server refuses
             return response
         response.flags |= dns.flags.AA

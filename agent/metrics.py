@@ -12,7 +12,7 @@
 
 Parts 1 and 2 are rendered straight from the scheduler's state at scrape time: nothing is
 registered per check, so the series of a removed check disappear with it, and a scrape of
-10,000 checks does not build 10,000 × N Python sample objects. ``/probe`` output is rendered
+10,000 checks does not build 10,000 x N Python sample objects. ``/probe`` output is rendered
 the same lean way from one result, with no identity labels, as blackbox_exporter does.
 
     metrics = AgentMetrics(CollectorRegistry(), identity)
@@ -48,6 +48,8 @@ def _labels(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 def _value(v: float) -> str:
+    if isinstance(v, int):
+        return str(v)
     if math.isnan(v):
         return "NaN"
     if math.isinf(v):
@@ -92,7 +94,9 @@ class _Families:
         return fam
 
     def render(self, *, sort: bool = False) -> str:
-        fams = sorted(self._by_name.values(), key=lambda f: f.name) if sort else self._by_name.values()
+        fams = (
+            sorted(self._by_name.values(), key=lambda f: f.name) if sort else self._by_name.values()
+        )
         out: list[str] = []
         for fam in fams:
             if not fam.lines:
@@ -146,12 +150,17 @@ class AgentMetrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)
         self.ready = Gauge(
-            "seismo_ready", "1 when the config is loaded and the scheduler is running.",
+            "seismo_ready",
+            "1 when the config is loaded and the scheduler is running.",
             registry=registry,
         )
         Info("seismo_build", "seismo version and runtime.", registry=registry).info(
             {"version": __version__, "python": platform.python_version()}
         )
+
+    def set_identity(self, identity: Identity) -> None:
+        self._identity = identity
+        self._base_cache.clear()
 
     def config_reloaded(self, ok: bool, when: float) -> None:
         self.reload_success.set(1 if ok else 0)
@@ -174,11 +183,17 @@ class AgentMetrics:
         if cached is not None and cached[0] is rt:
             return cached[1]
         spec, ident = rt.spec, self._identity
-        base = _labels((
-            ("check", spec.name), ("module", spec.module_name), ("target", spec.target),
-            ("region", ident.region), ("zone", ident.zone), ("node", ident.node),
-            *spec.labels,
-        ))
+        base = _labels(
+            (
+                ("check", spec.name),
+                ("module", spec.module_name),
+                ("target", spec.target),
+                ("region", ident.region),
+                ("zone", ident.zone),
+                ("node", ident.node),
+                *spec.labels,
+            )
+        )
         self._base_cache[id(rt)] = (rt, base)
         return base
 
@@ -186,37 +201,58 @@ class AgentMetrics:
         base = self._base(rt)
         if rt.last is not None:
             _measurements(fams, base, rt.last.measurements)
-        runs = fams.get("seismo_check_runs_total", "counter",
-                        "Check runs, by result and failure reason.")
+        runs = fams.get(
+            "seismo_check_runs_total", "counter", "Check runs, by result and failure reason."
+        )
         for reason, n in rt.runs.items():
             result = "success" if reason is Reason.SUCCESS else "failure"
             runs.sample(f'{base},result="{result}",reason="{reason.value}"', n)
-        fams.get("seismo_check_duration_seconds", "histogram",
-                 "Duration of check runs (all outcomes), in seconds.").histogram(base, rt.durations)
-        fams.get("seismo_check_skipped_runs_total", "counter",
-                 "Runs skipped because the previous run of the check was still going."
-                 ).sample(base, rt.skipped)
+        fams.get(
+            "seismo_check_duration_seconds",
+            "histogram",
+            "Duration of check runs (all outcomes), in seconds.",
+        ).histogram(base, rt.durations)
+        fams.get(
+            "seismo_check_skipped_runs_total",
+            "counter",
+            "Runs skipped because the previous run of the check was still going.",
+        ).sample(base, rt.skipped)
         if rt.last is not None:
-            fams.get("seismo_check_last_run_timestamp_seconds", "gauge",
-                     "When the last run of the check started (Unix time).").sample(base, rt.last_run_at)
-            fams.get("seismo_check_last_lateness_seconds", "gauge",
-                     "How late the last run started versus its slot; agent starvation, "
-                     "not target latency.").sample(base, rt.last_lateness)
+            fams.get(
+                "seismo_check_last_run_timestamp_seconds",
+                "gauge",
+                "When the last run of the check started (Unix time).",
+            ).sample(base, rt.last_run_at)
+            fams.get(
+                "seismo_check_last_lateness_seconds",
+                "gauge",
+                "How late the last run started versus its slot; agent starvation, "
+                "not target latency.",
+            ).sample(base, rt.last_lateness)
 
     def _render_scheduler(
         self, fams: _Families, scheduler: Scheduler, lag: LoopLagMonitor | None
     ) -> None:
         checks = list(scheduler.checks())
         fams.get("seismo_scheduler_checks", "gauge", "Checks the scheduler runs.").sample(
-            "", len(checks))
+            "", len(checks)
+        )
         fams.get("seismo_scheduler_running_probes", "gauge", "Probes running right now.").sample(
-            "", sum(1 for rt in checks if rt.running))
-        fams.get("seismo_scheduler_runs_started_total", "counter",
-                 "Check runs started by the scheduler.").sample("", scheduler.runs_started)
-        fams.get("seismo_scheduler_lateness_seconds", "histogram",
-                 "How late check runs started versus their planned slot (includes waiting "
-                 "for the concurrency cap).").histogram("", scheduler.lateness)
+            "", sum(1 for rt in checks if rt.running)
+        )
+        fams.get(
+            "seismo_scheduler_runs_started_total", "counter", "Check runs started by the scheduler."
+        ).sample("", scheduler.runs_started)
+        fams.get(
+            "seismo_scheduler_lateness_seconds",
+            "histogram",
+            "How late check runs started versus their planned slot (includes waiting "
+            "for the concurrency cap).",
+        ).histogram("", scheduler.lateness)
         if lag is not None:
-            fams.get("seismo_event_loop_lag_seconds", "histogram",
-                     "How late the event loop woke a timer; high values mean the agent is "
-                     "starved of CPU.").histogram("", lag.lag)
+            fams.get(
+                "seismo_event_loop_lag_seconds",
+                "histogram",
+                "How late the event loop woke a timer; high values mean the agent is "
+                "starved of CPU.",
+            ).histogram("", lag.lag)

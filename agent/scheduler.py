@@ -224,8 +224,11 @@ class Scheduler:
             log.exception("check %s: probe raised; recorded as internal_error", spec.name)
             rec = Recorder(spec.module.prober)
             return rec.finish(
-                spec.target, Reason.INTERNAL_ERROR, f"probe raised {type(exc).__name__}: {exc}",
-                time.perf_counter() - start, started_at,
+                spec.target,
+                Reason.INTERNAL_ERROR,
+                f"probe raised {type(exc).__name__}: {exc}",
+                time.perf_counter() - start,
+                started_at,
             )
 
     def _drop(self, rt: CheckRuntime) -> None:

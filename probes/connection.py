@@ -142,7 +142,7 @@ class Connector:
                 return str(rr.address)
         if last_error is not None:
             raise last_error
-        raise dns.resolver.NoAnswer(f"no address of the wanted family for {host}")
+        raise dns.resolver.NoAnswer(f"no address of the wanted family for {host}")  # type: ignore[no-untyped-call]
 
     async def open(
         self, ip: str, port: int, rec: Recorder, *, source_ip: str | None = None,

@@ -1,0 +1,259 @@
+"""The agent daemon: config → scheduler → probes → metrics / API, and config reloads.
+
+A reload (SIGHUP, ``POST /-/reload``, or the config file changing) parses the new config
+completely before touching anything. A bad one is logged with its ``file:line`` errors, sets
+``seismo_config_last_reload_successful 0`` and leaves the old config running.
+
+With no config file the agent starts its demo targets (agent/demo.py) and runs the embedded
+default config (agent/resources/default.yaml) against them.
+
+    agent = Agent(config_path=Path("agent.yaml"), data_dir=Path("data"), listen=("0.0.0.0", 9115))
+    await agent.run()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from agent.auth import load_token
+from agent.config import Config, ConfigError, Identity, parse_config
+from agent.demo import DemoPorts, DemoTargets
+from agent.metrics import AgentMetrics
+from agent.scheduler import CheckSpec, LoopLagMonitor, Scheduler
+from agent.server import bound_port, build_app
+from probes import Connector, run_probe
+from probes.result import ProbeResult
+
+__all__ = ["DEFAULT_CONFIG_NAME", "Agent", "check_specs", "embedded_config_text"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_NAME = "<embedded default>"
+
+
+def embedded_config_text() -> str:
+    return resources.files("agent").joinpath("resources/default.yaml").read_text("utf-8")
+
+
+def check_specs(config: Config) -> list[CheckSpec]:
+    """The scheduler's view of the config's checks."""
+    return [
+        CheckSpec(
+            name=c.name,
+            module_name=c.module,
+            module=config.modules[c.module],
+            target=c.target,
+            interval=c.interval,
+            timeout=config.effective_timeout(c),
+            labels=tuple(sorted(c.labels.items())),
+        )
+        for c in config.checks
+    ]
+
+
+class Agent:
+    """One running agent. ``run()`` until ``stop()`` (or SIGTERM/SIGINT with signals on)."""
+
+    def __init__(
+        self,
+        *,
+        config_path: Path | None,
+        data_dir: Path,
+        listen: tuple[str, int] = ("127.0.0.1", 9115),
+        env: Mapping[str, str] | None = None,
+        demo_ports: DemoPorts | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.data_dir = data_dir
+        self.listen = listen
+        self._env = dict(os.environ if env is None else env)
+        self._demo_ports = demo_ports or DemoPorts()
+        self._announce = announce or (lambda line: log.info("%s", line))
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._config_digest = b""
+        self.demo: DemoTargets | None = None
+        self.ready = False
+        self.port = 0
+        self.lag = LoopLagMonitor()
+        self.connector = Connector()
+        self.clock: Callable[[], float] = time.monotonic
+        # set by _load_initial(); typed here so handlers can rely on them
+        self.config: Config
+        self.identity: Identity
+        self.token: str | None
+        self.metrics: AgentMetrics
+        self.scheduler: Scheduler
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Serve until stopped. Raises ConfigError if the initial config is unusable."""
+        loop = asyncio.get_running_loop()
+        self.clock = loop.time
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        runner: web.AppRunner | None = None
+        try:
+            if self.config_path is None:
+                self.demo = DemoTargets(self.data_dir, self._demo_ports)
+                await self.demo.start()
+                self._env.update(self.demo.variables())
+            await self._load_initial()
+            runner = web.AppRunner(build_app(self), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, self.listen[0], self.listen[1])
+            await site.start()
+            self.port = bound_port(site)
+            self._announce_start()
+            if handle_signals:
+                self._install_signals(loop)
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self.scheduler.run(), name="scheduler"),
+                    tg.create_task(self.lag.run(), name="loop-lag"),
+                ]
+                if self.config_path is not None and self.config.agent.watch_config:
+                    tasks.append(tg.create_task(self._watch(), name="config-watch"))
+                await asyncio.sleep(0)  # let the scheduler arm its timers
+                self.ready = True
+                self.metrics.ready.set(1)
+                await self._stop.wait()
+                self.ready = False
+                for task in tasks:
+                    task.cancel()
+        finally:
+            self.ready = False
+            if handle_signals:
+                for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            if runner is not None:
+                await runner.cleanup()
+            if self.demo is not None:
+                await self.demo.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+
+    def _reload_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    def _announce_start(self) -> None:
+        host = self.listen[0] or "0.0.0.0"  # noqa: S104 - display only
+        base = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        source = self.config_path or DEFAULT_CONFIG_NAME
+        self._announce(f"seismo agent: {len(self.config.checks)} checks from {source}")
+        self._announce(f"  metrics  {base}/metrics")
+        self._announce(f"  probe    {base}/probe?module=http_2xx&target=...")
+        self._announce(f"  checks   {base}/api/v1/checks")
+        if self.demo is not None:
+            self._announce("  demo targets (loopback):")
+            for url in self.demo.urls():
+                self._announce(f"    {url}")
+
+    # --- config ---------------------------------------------------------------------
+
+    async def _read(self) -> tuple[str, str]:
+        if self.config_path is None:
+            return embedded_config_text(), DEFAULT_CONFIG_NAME
+        path = self.config_path
+        try:
+            text = await asyncio.to_thread(path.read_text, "utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{path}:0: cannot read config: {exc.strerror or exc}"]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{path}:0: config is not UTF-8 text: {exc}"]) from exc
+        return text, str(path)
+
+    def _parse(self, text: str, name: str) -> tuple[Config, list[str], str | None]:
+        config, warnings = parse_config(text, name, self._env)
+        try:
+            token = load_token(config.api)
+        except ValueError as exc:
+            raise ConfigError([f"{name}:0: {exc}"]) from exc
+        return config, warnings, token
+
+    async def _load_initial(self) -> None:
+        text, name = await self._read()
+        config, warnings, token = self._parse(text, name)
+        for w in warnings:
+            log.warning("%s", w)
+        self._apply(config, token, hashlib.sha256(text.encode()).digest())
+        self.metrics = AgentMetrics(CollectorRegistry(), self.identity)
+        self.metrics.config_reloaded(True, time.time())
+        self.scheduler = Scheduler(
+            self._run_check,
+            node=self.identity.node,
+            max_concurrency=config.agent.max_concurrency,
+        )
+        self.scheduler.update(check_specs(config))
+
+    def _apply(self, config: Config, token: str | None, digest: bytes) -> None:
+        self.config = config
+        self.identity = config.agent.identity(self._env)
+        self.token = token
+        self._config_digest = digest
+
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Reload the config. A bad config keeps the old one running."""
+        async with self._reload_lock:
+            try:
+                text, name = await self._read()
+                config, warnings, token = self._parse(text, name)
+            except ConfigError as exc:
+                for line in exc.errors:
+                    log.error("config reload failed: %s", line)
+                self.metrics.config_reloaded(False, time.time())
+                return False, exc.errors
+            for w in warnings:
+                log.warning("%s", w)
+            old_identity = self.identity
+            self._apply(config, token, hashlib.sha256(text.encode()).digest())
+            self.connector = Connector()  # fresh SSL contexts: CA files may have rotated
+            if self.identity != old_identity:
+                self.metrics.set_identity(self.identity)
+            added, removed, kept = self.scheduler.update(check_specs(config))
+            self.metrics.config_reloaded(True, time.time())
+            log.info(
+                "config reloaded from %s: %d checks added, %d removed, %d kept",
+                name,
+                added,
+                removed,
+                kept,
+            )
+            return True, warnings
+
+    async def _watch(self) -> None:
+        """Reload when the config file's content changes (polling; works with ConfigMaps)."""
+        assert self.config_path is not None
+        path = self.config_path
+        while True:
+            await asyncio.sleep(self.config.agent.watch_interval)
+            with contextlib.suppress(OSError):
+                data = await asyncio.to_thread(path.read_bytes)
+                if hashlib.sha256(data).digest() != self._config_digest:
+                    ok, _ = await self.reload()
+                    if not ok:
+                        # don't retry the same bad content every tick
+                        self._config_digest = hashlib.sha256(data).digest()
+
+    async def _run_check(self, spec: CheckSpec) -> ProbeResult:
+        return await run_probe(spec.module, spec.target, spec.timeout, connector=self.connector)
