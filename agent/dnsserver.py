@@ -147,7 +147,7 @@ class Zone:
                         f"zone {origin}: record {name} {entry!r}: "
                         "must be (type, rdata) or (type, rdata, ttl)"
                     )
-                ttl = entry[2] if len(entry) == 3 else _DEFAULT_TTL  # type: ignore[misc]
+                ttl = entry[2] if len(entry) == 3 else _DEFAULT_TTL
                 records.append(Record(name, entry[0], entry[1], ttl))
         return cls(origin, tuple(records))
 

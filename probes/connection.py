@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import ssl
-import zlib
+import tempfile
 from pathlib import Path
 
 import dns.asyncresolver
@@ -32,9 +33,9 @@ import dns.rdatatype
 import dns.resolver
 
 from probes.modules import TLSConfig
-from probes.result import Reason, Recorder
+from probes.result import ProbeFailed, Reason, Recorder
 
-__all__ = ["Connector", "split_host_port"]
+__all__ = ["Connector", "fnv1a32", "split_host_port"]
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -73,6 +74,14 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"target {target!r}: port {port_text!r} is not 1-65535")
     return host, int(port_text)
+
+
+def fnv1a32(data: bytes) -> int:
+    """32-bit FNV-1a, as blackbox_exporter hashes the packed IP for probe_ip_addr_hash."""
+    h = 0x811C9DC5
+    for byte in data:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
 
 
 def _family_order(preferred: str, fallback: bool) -> list[int]:
@@ -114,8 +123,9 @@ class Connector:
         version = ipaddress.ip_address(ip).version
         rec.gauge("probe_ip_protocol", version,
                   help="Specifies whether probe ip protocol is IP4 or IP6")
-        rec.gauge("probe_ip_addr_hash", zlib.crc32(ip.encode()),
-                  help="Specifies the hash of IP address. It's useful to detect if the IP address changes.")
+        rec.gauge("probe_ip_addr_hash", _ip_hash(ip),
+                  help="Specifies the hash of IP address. "
+                  "It's useful to detect if the IP address changes.")
         return ip
 
     async def _resolve(self, host: str, families: list[int]) -> str:
@@ -160,12 +170,18 @@ class Connector:
         """An SSL context for ``cfg``, built once and cached.
 
         ``verify=False`` gives a context that completes the handshake whatever the
-        certificate (used to collect chain facts after verification failed).
+        certificate (used to collect chain facts after verification failed). A
+        ``tls_config`` whose files cannot be loaded ends the run with ``config_error``.
         """
         key = (cfg, verify)
         ctx = self._contexts.get(key)
         if ctx is None:
-            ctx = _build_context(cfg, verify=verify and not cfg.insecure_skip_verify)
+            try:
+                ctx = _build_context(cfg, verify=verify and not cfg.insecure_skip_verify)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                # a missing or malformed ca_file/cert_file/key_file is the user's config,
+                # not a bug and not the target's fault
+                raise ProbeFailed(Reason.CONFIG_ERROR, f"tls_config: {exc}") from exc
             self._contexts[key] = ctx
         return ctx
 
@@ -188,6 +204,11 @@ class Connector:
 
 
 def _build_context(cfg: TLSConfig, *, verify: bool) -> ssl.SSLContext:
+    """Mirror Go's crypto/tls client defaults, as blackbox_exporter uses them.
+
+    Verification: the system roots unless ``ca_file``/``ca``; host name checked against
+    ``server_name`` or the target host. Minimum version TLS 1.2 (Go's client default).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if verify:
         ctx.check_hostname = True
@@ -199,12 +220,45 @@ def _build_context(cfg: TLSConfig, *, verify: bool) -> ssl.SSLContext:
     else:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    if cfg.cert_file:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    # A client certificate is loaded with verification off too: an mTLS server must still
+    # accept the second, fact-collecting handshake of the tls probe.
+    if cfg.cert_file or cfg.cert:
+        _load_client_cert(ctx, cfg)
     ctx.minimum_version = _TLS_VERSIONS[cfg.min_version or "TLS12"]
     if cfg.max_version:
         ctx.maximum_version = _TLS_VERSIONS[cfg.max_version]
     return ctx
+
+
+def _load_client_cert(ctx: ssl.SSLContext, cfg: TLSConfig) -> None:
+    if cfg.cert is None and cfg.key is None:
+        ctx.load_cert_chain(cfg.cert_file or "", cfg.key_file)
+        return
+    # ssl only loads client certificates from files. Inline PEM (``cert``/``key``) goes to
+    # a private temporary directory that lives only while OpenSSL reads it.
+    with tempfile.TemporaryDirectory(prefix="seismo-tls-") as tmp:
+        cert_path = cfg.cert_file
+        key_path = cfg.key_file
+        if cfg.cert is not None:
+            cert_path = os.path.join(tmp, "cert.pem")
+            Path(cert_path).write_text(cfg.cert)
+        if cfg.key is not None:
+            key_path = os.path.join(tmp, "key.pem")
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(cfg.key)
+        ctx.load_cert_chain(cert_path or "", key_path)
+
+
+def _ip_hash(ip: str) -> int:
+    """blackbox's ``probe_ip_addr_hash``: FNV-1a (32 bit) of the packed address bytes.
+
+    Checked against blackbox_exporter 0.23: ``127.0.0.1`` -> 3668918509.
+    """
+    h = 0x811C9DC5
+    for byte in ipaddress.ip_address(ip).packed:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
 
 
 def _read_hosts(path: Path) -> dict[tuple[str, int], str]:

@@ -16,6 +16,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+import dns.exception
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
@@ -255,7 +259,7 @@ class DNSProbe(_Model):
     preferred_ip_protocol: IPProtocol = "ip6"
     ip_protocol_fallback: bool = True
     source_ip_address: str | None = None
-    transport_protocol: Literal["udp", "tcp", "https"] = "udp"
+    transport_protocol: Literal["udp", "tcp", "https", ""] = "udp"  # "": udp, as blackbox
     dns_over_tls: bool = False
     doh_path: str = "/dns-query"  # seismo: path for transport_protocol https
     tls_config: TLSConfig = TLSConfig()
@@ -268,9 +272,39 @@ class DNSProbe(_Model):
     validate_authority_rrs: RRValidator = RRValidator()
     validate_additional_rrs: RRValidator = RRValidator()
 
+    @field_validator("query_type")
+    @classmethod
+    def _qtype(cls, value: str) -> str:
+        try:
+            dns.rdatatype.from_text(value.upper())
+        except dns.exception.DNSException:
+            raise ValueError(f"{value!r} is not a DNS record type (A, AAAA, MX, SOA, ...)") from None
+        return value.upper()
+
+    @field_validator("query_class")
+    @classmethod
+    def _qclass(cls, value: str) -> str:
+        try:
+            dns.rdataclass.from_text(value.upper())
+        except dns.exception.DNSException:
+            raise ValueError(f"{value!r} is not a DNS class (IN, CH, HS, ANY)") from None
+        return value.upper()
+
+    @field_validator("valid_rcodes")
+    @classmethod
+    def _rcodes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                dns.rcode.from_text(value.upper())
+            except dns.exception.DNSException:
+                raise ValueError(
+                    f"{value!r} is not a DNS rcode (NOERROR, NXDOMAIN, SERVFAIL, ...)"
+                ) from None
+        return [v.upper() for v in values]
+
     @model_validator(mode="after")
     def _dot_needs_tcp(self) -> DNSProbe:
-        if self.dns_over_tls and self.transport_protocol != "tcp":
+        if self.dns_over_tls and self.transport_protocol not in ("tcp",):
             raise ValueError("dns_over_tls needs transport_protocol: tcp")
         return self
 

@@ -1,0 +1,195 @@
+"""Scheduler: cadence offsets, no overlap, the concurrency cap, isolation, and diffing.
+
+The runner here is a fake (the scheduler is what is under test); probes are tested
+against real servers elsewhere. Every wait is bounded; nothing asserts a wall-clock window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from agent.scheduler import CheckSpec, Scheduler, slot_offset
+from probes.modules import Module
+from probes.result import ProbeResult, Reason, Recorder
+
+HTTP = Module.model_validate({"prober": "http"})
+
+
+def spec(name: str, interval: float = 0.1, timeout: float = 0.1) -> CheckSpec:
+    return CheckSpec(name=name, module_name="web", module=HTTP, target=f"http://{name}/",
+                     interval=interval, timeout=timeout)
+
+
+def ok(target: str) -> ProbeResult:
+    return Recorder("http").finish(target, Reason.SUCCESS, "", 0.001, time.time())
+
+
+async def until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
+    """Wait (bounded) until ``predicate`` holds; fail the test if it never does."""
+    async with asyncio.timeout(limit):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await until(lambda: scheduler.running)
+        yield scheduler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_offset_is_deterministic_and_spread() -> None:
+    assert slot_offset("a", "n1", 10) == slot_offset("a", "n1", 10)
+    offsets = {slot_offset(f"check-{i}", "n1", 10) for i in range(200)}
+    assert all(0 <= o < 10 for o in offsets)
+    assert len(offsets) > 190  # not in lock-step
+    assert slot_offset("a", "n1", 10) != slot_offset("a", "n2", 10)  # nodes differ too
+
+
+async def test_runs_repeat_and_record_results() -> None:
+    runs: list[str] = []
+
+    async def runner(s: CheckSpec) -> ProbeResult:
+        runs.append(s.name)
+        return ok(s.target)
+
+    sched = Scheduler(runner, node="n1")
+    sched.update([spec("a"), spec("b")])
+    async with running(sched):
+        await until(lambda: runs.count("a") >= 3 and runs.count("b") >= 3)
+    rt = sched.get("a")
+    assert rt is not None and rt.last is not None and rt.last.success
+    assert rt.runs[Reason.SUCCESS] >= 3
+    assert rt.durations.count >= 3
+    assert sched.lateness.count >= 6
+
+
+async def test_runs_of_one_check_never_overlap() -> None:
+    release = asyncio.Event()
+    active = 0
+    max_active = 0
+    started = 0
+
+    async def runner(s: CheckSpec) -> ProbeResult:
+        nonlocal active, max_active, started
+        active += 1
+        started += 1
+        max_active = max(max_active, active)
+        try:
+            await release.wait()
+        finally:
+            active -= 1
+        return ok(s.target)
+
+    sched = Scheduler(runner, node="n1")
+    sched.update([spec("slow", interval=0.1)])
+    async with running(sched):
+        rt = sched.get("slow")
+        assert rt is not None
+        await until(lambda: rt.skipped >= 3)
+        release.set()
+        await until(lambda: rt.last is not None)
+    assert max_active == 1
+    assert started >= 1
+
+
+async def test_concurrency_cap_is_respected() -> None:
+    gate = asyncio.Event()
+    active = 0
+    max_active = 0
+
+    async def runner(s: CheckSpec) -> ProbeResult:
+        nonlocal active, max_active
+        active += 1
+        max_active = max(max_active, active)
+        try:
+            await gate.wait()
+        finally:
+            active -= 1
+        return ok(s.target)
+
+    sched = Scheduler(runner, node="n1", max_concurrency=3)
+    sched.update([spec(f"c{i}") for i in range(10)])
+    async with running(sched):
+        await until(lambda: active == 3 and sum(rt.running for rt in sched.checks()) == 10)
+        gate.set()
+        await until(lambda: all(rt.last is not None for rt in sched.checks()))
+    assert max_active == 3
+
+
+async def test_a_broken_probe_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    async def runner(s: CheckSpec) -> ProbeResult:
+        if s.name == "broken":
+            raise KeyError("a bug")
+        return ok(s.target)
+
+    sched = Scheduler(runner, node="n1")
+    sched.update([spec("broken"), spec("fine")])
+    async with running(sched):
+        broken, fine = sched.get("broken"), sched.get("fine")
+        assert broken is not None and fine is not None
+        await until(lambda: broken.runs.get(Reason.INTERNAL_ERROR, 0) >= 2
+                    and fine.runs.get(Reason.SUCCESS, 0) >= 2)
+    assert broken.last is not None and "KeyError" in broken.last.detail
+    assert "probe raised" in caplog.text
+
+
+async def test_update_diffs_checks() -> None:
+    seen: list[str] = []
+
+    async def runner(s: CheckSpec) -> ProbeResult:
+        seen.append(s.name)
+        return ok(s.target)
+
+    sched = Scheduler(runner, node="n1")
+    sched.update([spec("keep"), spec("drop"), spec("change")])
+    async with running(sched):
+        await until(lambda: {"keep", "drop", "change"} <= set(seen))
+        kept = sched.get("keep")
+        assert kept is not None
+        runs_before = kept.runs[Reason.SUCCESS]
+        added, removed, still = sched.update(
+            [spec("keep"), spec("change", interval=0.2), spec("new")])
+        assert (added, removed, still) == (2, 2, 1)
+        assert sched.get("drop") is None
+        assert sched.get("keep") is kept  # same state object: counters carry on
+        seen.clear()
+        await until(lambda: {"keep", "new", "change"} <= set(seen))
+        assert "drop" not in seen
+        assert kept.runs[Reason.SUCCESS] > runs_before
+
+
+async def test_stop_cancels_in_flight_runs() -> None:
+    cancelled = asyncio.Event()
+    started = asyncio.Event()
+
+    async def runner(s: CheckSpec) -> ProbeResult:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    sched = Scheduler(runner, node="n1")
+    sched.update([spec("hang")])
+    async with running(sched):
+        async with asyncio.timeout(5):
+            await started.wait()
+    assert cancelled.is_set()
+    rt = sched.get("hang")
+    assert rt is not None and rt.handle is None
+
+
+Runner = Callable[[CheckSpec], Awaitable[ProbeResult]]

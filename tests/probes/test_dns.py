@@ -1,0 +1,383 @@
+"""probes.dns against real DNS servers on loopback: agent.dnsserver, and dnsmasq."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import dns.rrset
+import pytest
+import trustme
+from aiohttp import web
+
+from agent.dnsserver import Action, DNSServer, Zone
+from probes import Module, ProbeResult, Reason, run_probe
+from probes.dns import rr_texts
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "blackbox"
+
+ZONE = Zone.from_dict(
+    "demo.test.",
+    {
+        "@": [
+            ("SOA", "ns.demo.test. hostmaster.demo.test. 2024010101 3600 600 86400 60", 3600),
+            ("MX", "10 mail.demo.test.", 300),
+        ],
+        "www": [("A", "127.0.0.1", 300), ("A", "127.0.0.2", 300)],
+        "txt": [("TXT", '"hello world"', 60)],
+        "big": [("TXT", f'"{i}' + "y" * 200 + '"') for i in range(5)],
+    },
+)
+
+
+def dns_module(**dns: Any) -> Module:
+    dns.setdefault("query_name", "www.demo.test")
+    dns.setdefault("query_type", "A")
+    return Module.model_validate({"prober": "dns", "dns": {"preferred_ip_protocol": "ip4", **dns}})
+
+
+def names(result: ProbeResult) -> set[str]:
+    return {m.name for m in result.measurements}
+
+
+def metric(result: ProbeResult, name: str) -> float:
+    return float(result.to_json()["metrics"][name])
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[DNSServer]:
+    async with DNSServer(
+        ZONE,
+        behaviours={"down.demo.test.": Action.SERVFAIL, "drop.demo.test.": Action.DROP},
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def target(server: DNSServer) -> str:
+    return f"127.0.0.1:{await server.start()}"
+
+
+async def probe(target: str, timeout: float = 5.0, **dns: Any) -> ProbeResult:
+    return await run_probe(dns_module(**dns), target, timeout=timeout)
+
+
+# -- the answer ------------------------------------------------------------------------------
+
+
+async def test_noerror_success_and_blackbox_gauges(target: str) -> None:
+    result = await probe(target)
+    assert result.reason is Reason.SUCCESS, result.detail
+    assert metric(result, "probe_dns_answer_rrs") == 2
+    assert metric(result, "probe_dns_authority_rrs") == 0
+    assert metric(result, "probe_dns_query_succeeded") == 1
+    assert metric(result, "probe_ip_protocol") == 4
+    assert set(result.phases) == {"resolve", "connect", "request"}
+    assert sorted(result.extra["dns"]["answer"]) == [
+        "www.demo.test.\t300\tIN\tA\t127.0.0.1",
+        "www.demo.test.\t300\tIN\tA\t127.0.0.2",
+    ]
+
+
+def test_rr_text_is_miekg_format() -> None:
+    rrset = dns.rrset.from_text("www.prometheus.io.", 300, "IN", "A", "127.0.0.1")
+    assert rr_texts([rrset]) == ["www.prometheus.io.\t300\tIN\tA\t127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "patterns", "ok"),
+    [
+        ("fail_if_matches_regexp", [r"127\.0\.0\.9"], True),
+        ("fail_if_matches_regexp", [r"127\.0\.0\.2"], False),
+        ("fail_if_not_matches_regexp", [r"^www\.demo\.test\.\t300\tIN\tA\t127\.0\.0\.[12]$"], True),
+        ("fail_if_not_matches_regexp", [r"127\.0\.0\.1"], False),
+        # blackbox 0.23 (checked against the binary): fails unless EVERY RR matches
+        ("fail_if_all_match_regexp", [r"127\.0\.0\."], True),
+        ("fail_if_all_match_regexp", [r"127\.0\.0\.1"], False),
+        ("fail_if_none_matches_regexp", [r"127\.0\.0\.2"], True),
+        ("fail_if_none_matches_regexp", [r"10\.0\.0\.1"], False),
+    ],
+)
+async def test_answer_rules(target: str, rule: str, patterns: list[str], ok: bool) -> None:
+    result = await probe(target, validate_answer_rrs={rule: patterns})
+    assert result.reason is (Reason.SUCCESS if ok else Reason.DNS_ANSWER_MISMATCH), result.detail
+
+
+async def test_rules_needing_rrs_fail_on_an_empty_section(target: str) -> None:
+    result = await probe(target, validate_additional_rrs={"fail_if_none_matches_regexp": ["."]})
+    assert result.reason is Reason.DNS_ANSWER_MISMATCH
+    assert "additional" in result.detail
+
+
+async def test_nxdomain_is_an_rcode_failure_unless_valid(target: str) -> None:
+    failed = await probe(target, query_name="nope.demo.test")
+    assert failed.reason is Reason.DNS_RCODE
+    assert "NXDOMAIN" in failed.detail
+    assert metric(failed, "probe_dns_query_succeeded") == 1  # an answer came, as in blackbox
+    assert metric(failed, "probe_dns_authority_rrs") == 1
+    passed = await probe(
+        target,
+        query_name="nope.demo.test",
+        valid_rcodes=["NOERROR", "NXDOMAIN"],
+        validate_authority_rrs={"fail_if_not_matches_regexp": [r"\tSOA\tns\.demo\.test\. "]},
+    )
+    assert passed.reason is Reason.SUCCESS, passed.detail
+
+
+async def test_servfail(target: str) -> None:
+    result = await probe(target, query_name="down.demo.test")
+    assert result.reason is Reason.DNS_RCODE
+    assert "SERVFAIL" in result.detail
+
+
+async def test_tcp(target: str, server: DNSServer) -> None:
+    result = await probe(target, transport_protocol="tcp")
+    assert result.reason is Reason.SUCCESS, result.detail
+    assert server.queries[-1].transport == "tcp"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_dropped_query_times_out_with_gauges_present(target: str, transport: str) -> None:
+    result = await probe(
+        target, timeout=0.5, query_name="drop.demo.test", transport_protocol=transport
+    )
+    assert result.reason is Reason.TIMEOUT
+    assert "request" in result.detail
+    assert metric(result, "probe_dns_query_succeeded") == 0
+    assert names(result) >= {"probe_dns_answer_rrs", "probe_dns_duration_seconds"}
+
+
+async def test_mx_and_txt(target: str) -> None:
+    mx = await probe(
+        target,
+        query_name="demo.test",
+        query_type="MX",
+        validate_answer_rrs={"fail_if_not_matches_regexp": ["\tMX\t10 mail\\.demo"]},
+    )
+    assert mx.reason is Reason.SUCCESS, mx.detail
+    txt = await probe(
+        target,
+        query_name="txt.demo.test",
+        query_type="TXT",
+        validate_answer_rrs={"fail_if_not_matches_regexp": ['\tTXT\t"hello world"$']},
+    )
+    assert txt.reason is Reason.SUCCESS, txt.detail
+
+
+async def test_soa_sets_the_serial(target: str) -> None:
+    result = await probe(target, query_name="demo.test", query_type="SOA")
+    assert result.reason is Reason.SUCCESS
+    assert metric(result, "probe_dns_serial") == 2024010101
+    assert "probe_dns_serial" not in names(await probe(target))
+
+
+async def test_recursion_desired_false_clears_rd(target: str, server: DNSServer) -> None:
+    await probe(target, recursion_desired=False)
+    await probe(target)
+    assert [q.recursion_desired for q in server.queries] == [False, True]
+
+
+async def test_truncated_udp_answer_is_reported_not_retried(target: str, server: DNSServer) -> None:
+    result = await probe(target, query_name="big.demo.test", query_type="TXT")
+    assert result.reason is Reason.SUCCESS  # blackbox judges the truncated answer as it is
+    assert result.extra["dns"]["truncated"] is True
+    assert metric(result, "probe_dns_answer_rrs") == 0
+    assert [q.transport for q in server.queries] == ["udp"]
+
+
+async def test_udp_to_a_closed_port_is_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = await probe(f"127.0.0.1:{port}")
+    assert result.reason is Reason.CONNECT_REFUSED
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("query_type", "NOPE", "'NOPE' is not a DNS record type"),
+        ("query_class", "XX", "'XX' is not a DNS class"),
+        ("valid_rcodes", ["NOPE"], "'NOPE' is not a DNS rcode"),
+    ],
+)
+def test_bad_dns_names_are_rejected_at_load(key: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Module.model_validate({"prober": "dns", "dns": {"query_name": "a.test", key: value}})
+
+
+# -- blackbox compatibility ------------------------------------------------------------------
+
+
+async def test_measurement_names_cover_blackbox(target: str) -> None:
+    expected = json.loads((FIXTURES / "dns.json").read_text())
+    udp_ok = await probe(target)
+    nx = await probe(target, query_name="nope.demo.test", valid_rcodes=["NOERROR"])
+    tcp_ok = await probe(target, transport_protocol="tcp")
+    assert nx.reason is Reason.DNS_RCODE
+    assert names(udp_ok) >= set(expected["dns_udp"]["success"])
+    assert names(nx) >= set(expected["dns_udp"]["nxdomain"])
+    assert names(tcp_ok) >= set(expected["dns_tcp"]["success"])
+    helps = {m.name: m.help for m in udp_ok.measurements}
+    assert helps["probe_dns_duration_seconds"] == "Duration of DNS request by phase"
+
+
+# -- DoT and DoH -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "dns.demo.test").configure_cert(ctx)
+    return ctx
+
+
+async def test_dns_over_tls(server: DNSServer, ca: trustme.CA, ca_file: str) -> None:
+    port = await server.start_tls(server_context(ca))
+    result = await probe(
+        f"127.0.0.1:{port}",
+        transport_protocol="tcp",
+        dns_over_tls=True,
+        tls_config={"ca_file": ca_file},
+    )
+    assert result.reason is Reason.SUCCESS, result.detail
+    assert set(result.phases) == {"resolve", "connect", "tls", "request"}
+    assert result.tls is not None and result.tls.verified
+    assert server.queries[-1].transport == "tls"
+
+
+async def test_dns_over_tls_untrusted(server: DNSServer, ca: trustme.CA) -> None:
+    port = await server.start_tls(server_context(ca))
+    result = await probe(f"127.0.0.1:{port}", transport_protocol="tcp", dns_over_tls=True)
+    assert result.reason is Reason.TLS_UNTRUSTED, result.detail
+    assert metric(result, "probe_dns_query_succeeded") == 0
+
+
+@pytest.fixture
+async def doh_port(server: DNSServer, ca: trustme.CA) -> AsyncIterator[int]:
+    app = web.Application()
+    app.router.add_route("*", "/dns-query", server.doh_handler())
+    app.router.add_route("*", "/custom", server.doh_handler())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(ca))
+    await site.start()
+    yield int(runner.addresses[0][1])
+    await server.close()
+    await runner.cleanup()
+
+
+async def test_dns_over_https(doh_port: int, ca_file: str, server: DNSServer) -> None:
+    result = await probe(
+        f"127.0.0.1:{doh_port}", transport_protocol="https", tls_config={"ca_file": ca_file}
+    )
+    assert result.reason is Reason.SUCCESS, result.detail
+    assert metric(result, "probe_dns_answer_rrs") == 2
+    assert set(result.phases) == {"resolve", "connect", "tls", "request"}
+    assert server.queries[-1].transport == "https"
+
+
+async def test_dns_over_https_url_and_status(doh_port: int, ca_file: str) -> None:
+    by_url = await probe(
+        f"https://127.0.0.1:{doh_port}/custom",
+        transport_protocol="https",
+        tls_config={"ca_file": ca_file},
+    )
+    assert by_url.reason is Reason.SUCCESS, by_url.detail
+    missing = await probe(
+        f"127.0.0.1:{doh_port}",
+        transport_protocol="https",
+        doh_path="/nothing-here",
+        tls_config={"ca_file": ca_file},
+    )
+    assert missing.reason is Reason.HTTP_STATUS
+    assert "404" in missing.detail
+
+
+async def test_dns_over_https_untrusted(doh_port: int) -> None:
+    result = await probe(f"127.0.0.1:{doh_port}", transport_protocol="https")
+    assert result.reason is Reason.TLS_UNTRUSTED
+
+
+# -- an independent server: dnsmasq ----------------------------------------------------------
+
+DNSMASQ = shutil.which("dnsmasq") or (
+    "/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None
+)
+
+
+def free_port() -> int:
+    # dnsmasq binds UDP and TCP on one number; a just-freed UDP+TCP pair is the best we can do
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp_sock, socket.socket() as tcp_sock:
+        udp_sock.bind(("127.0.0.1", 0))
+        port = int(udp_sock.getsockname()[1])
+        tcp_sock.bind(("127.0.0.1", port))
+        return port
+
+
+@pytest.fixture
+async def dnsmasq() -> AsyncIterator[str]:
+    if DNSMASQ is None:
+        pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base)")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        DNSMASQ,
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--address=/test.example/127.0.0.5",
+        f"--port={port}",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--log-facility=-",
+        "--pid-file=",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={},
+    )
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(10):
+            # dnsmasq logs "started" once its sockets are bound
+            while b"started" not in (line := await proc.stderr.readline()):
+                assert line, "dnsmasq exited before it started"
+        yield f"127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        async with asyncio.timeout(10):
+            await proc.wait()
+
+
+async def test_against_dnsmasq(dnsmasq: str) -> None:
+    result = await probe(
+        dnsmasq,
+        query_name="www.test.example",
+        validate_answer_rrs={"fail_if_not_matches_regexp": [r"\tA\t127\.0\.0\.5$"]},
+    )
+    assert result.reason is Reason.SUCCESS, result.detail
+    assert metric(result, "probe_dns_answer_rrs") == 1
+    over_tcp = await probe(dnsmasq, query_name="www.test.example", transport_protocol="tcp")
+    assert over_tcp.reason is Reason.SUCCESS, over_tcp.detail
+    # dnsmasq with no upstream refuses what it does not know
+    unknown = await probe(dnsmasq, query_name="www.elsewhere.example")
+    assert unknown.reason is Reason.DNS_RCODE
