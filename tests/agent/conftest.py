@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +110,36 @@ async def start_agent(
     finally:
         agent.stop()
         await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+def http_target_sync() -> Iterator[Target]:
+    """The demo HTTP app in a thread of its own, for tests that are not async."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, object] = {}
+
+    async def serve() -> None:
+        runner = web.AppRunner(demo_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        holder["port"] = bound_port(site)
+        holder["runner"] = runner
+        ready.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
+    ready.wait(10)
+    port = int(holder["port"])  # type: ignore[call-overload]
+    try:
+        yield Target(f"http://127.0.0.1:{port}/", port)
+    finally:
+        runner = holder["runner"]
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)  # type: ignore[attr-defined]
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

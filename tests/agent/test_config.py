@@ -10,6 +10,7 @@ from agent.config import ConfigError, load_config, parse_config
 from agent.daemon import check_specs, embedded_config_text
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "config"
+EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 BAD = sorted((FIXTURES / "bad").glob("*.yml"))
 
 
@@ -29,14 +30,14 @@ def test_bad_config_fails_with_its_message(path: Path, monkeypatch: pytest.Monke
 
 
 def test_blackbox_example_loads_unchanged_with_icmp_warning() -> None:
-    config, warnings = load_config(FIXTURES / "good" / "blackbox_example.yml")
+    config, warnings = load_config(EXAMPLES / "blackbox-example.yml")
     assert len(config.modules) == 16
     assert config.modules["http_2xx_example"].http.preferred_ip_protocol == "ip4"
     assert config.modules["irc_banner_example"].tcp.query_response[2].send == "PONG ${1}"
     assert config.modules["dns_tcp_example"].dns.transport_protocol == "tcp"
     assert len(warnings) == 1
     assert "icmp_example" in warnings[0] and "not supported" in warnings[0]
-    assert warnings[0].startswith(str(FIXTURES / "good" / "blackbox_example.yml") + ":")
+    assert warnings[0].startswith(str(EXAMPLES / "blackbox-example.yml") + ":")
 
 
 def test_env_expansion_with_default_and_escape() -> None:
