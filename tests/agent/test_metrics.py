@@ -1,0 +1,73 @@
+"""Rendering: valid exposition text that Prometheus' parser reads back exactly."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config import Identity
+from agent.metrics import AgentMetrics, render_probe
+from agent.scheduler import CheckSpec, Scheduler
+from probes.modules import Module
+from probes.result import ProbeResult, Reason, Recorder
+
+HTTP = Module.model_validate({"prober": "http"})
+
+
+def result(reason: Reason = Reason.SUCCESS) -> ProbeResult:
+    rec = Recorder("http")
+    rec.gauge("probe_http_status_code", 200, help="Response HTTP status code")
+    rec.gauge("probe_http_duration_seconds", 0.0125, help="Duration of http request by phase",
+              phase="connect")
+    rec.gauge("probe_ssl_last_chain_info", 1, help="Contains SSL leaf certificate information",
+              subject='CN=a "quoted" \\ name\nwith newline')
+    return rec.finish("http://t/", reason, "", 0.5, time.time())
+
+
+def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text) for s in fam.samples
+    }
+
+
+def test_probe_page_round_trips_including_awkward_label_values() -> None:
+    text = render_probe(result())
+    samples = parse(text)
+    assert samples[("probe_success", frozenset())] == 1
+    assert samples[("probe_http_duration_seconds", frozenset({("phase", "connect")}))] == 0.0125
+    weird = frozenset({("subject", 'CN=a "quoted" \\ name\nwith newline')})
+    assert samples[("probe_ssl_last_chain_info", weird)] == 1
+    # one HELP and TYPE per family, names sorted as blackbox does
+    names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert names == sorted(names) and len(names) == len(set(names))
+
+
+def test_agent_page_has_identity_histograms_and_drops_removed_checks() -> None:
+    async def runner(spec: CheckSpec) -> ProbeResult:
+        raise AssertionError("not run")
+
+    sched = Scheduler(runner, node="n1")
+    specs = [CheckSpec(name=n, module_name="web", module=HTTP, target=f"http://{n}/",
+                       interval=1, timeout=1, labels=(("team", "a"),)) for n in ("a", "b")]
+    sched.update(specs)
+    for rt in sched.checks():
+        rt.record(result(), 0.001, 1.0)
+        rt.record(result(Reason.CONNECT_REFUSED), 0.002, 2.0)
+    metrics = AgentMetrics(CollectorRegistry(), Identity(region="r", zone="z", node="n1"))
+    samples = parse(metrics.render(sched).decode())
+    base = {"check": "a", "module": "web", "target": "http://a/", "region": "r", "zone": "z",
+            "node": "n1", "team": "a"}
+    failed = frozenset({**base, "result": "failure", "reason": "connect_refused"}.items())
+    assert samples[("seismo_check_runs_total", failed)] == 1
+    assert samples[("seismo_check_duration_seconds_count", frozenset(base.items()))] == 2
+    inf = frozenset({**base, "le": "+Inf"}.items())
+    assert samples[("seismo_check_duration_seconds_bucket", inf)] == 2
+    assert samples[("probe_http_status_code", frozenset(base.items()))] == 200
+
+    sched.update(specs[1:])  # check "a" removed
+    samples = parse(metrics.render(sched).decode())
+    assert not [k for k in samples if dict(k[1]).get("check") == "a"]
+    assert [k for k in samples if dict(k[1]).get("check") == "b"]
