@@ -118,14 +118,21 @@ class Connector:
         """Resolve ``host`` to one IP address (phase ``resolve``)."""
         with rec.phase("resolve"):
             ip = await self._resolve(host, _family_order(preferred, fallback))
-        rec.gauge("probe_dns_lookup_time_seconds", rec.phases["resolve"],
-                  help="Returns the time taken for probe dns lookup in seconds")
+        rec.gauge(
+            "probe_dns_lookup_time_seconds",
+            rec.phases["resolve"],
+            help="Returns the time taken for probe dns lookup in seconds",
+        )
         version = ipaddress.ip_address(ip).version
-        rec.gauge("probe_ip_protocol", version,
-                  help="Specifies whether probe ip protocol is IP4 or IP6")
-        rec.gauge("probe_ip_addr_hash", _ip_hash(ip),
-                  help="Specifies the hash of IP address. "
-                  "It's useful to detect if the IP address changes.")
+        rec.gauge(
+            "probe_ip_protocol", version, help="Specifies whether probe ip protocol is IP4 or IP6"
+        )
+        rec.gauge(
+            "probe_ip_addr_hash",
+            _ip_hash(ip),
+            help="Specifies the hash of IP address. "
+            "It's useful to detect if the IP address changes.",
+        )
         return ip
 
     async def _resolve(self, host: str, families: list[int]) -> str:
@@ -155,7 +162,12 @@ class Connector:
         raise dns.resolver.NoAnswer(f"no address of the wanted family for {host}")  # type: ignore[no-untyped-call]
 
     async def open(
-        self, ip: str, port: int, rec: Recorder, *, source_ip: str | None = None,
+        self,
+        ip: str,
+        port: int,
+        rec: Recorder,
+        *,
+        source_ip: str | None = None,
         limit: int = 2**16,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Open a TCP connection (phase ``connect``)."""
@@ -186,8 +198,13 @@ class Connector:
         return ctx
 
     async def start_tls(
-        self, writer: asyncio.StreamWriter, cfg: TLSConfig, server_name: str, rec: Recorder,
-        *, verify: bool = True,
+        self,
+        writer: asyncio.StreamWriter,
+        cfg: TLSConfig,
+        server_name: str,
+        rec: Recorder,
+        *,
+        verify: bool = True,
     ) -> ssl.SSLObject:
         """Upgrade the connection to TLS (phase ``tls``). Sets ``rec.tls``."""
         from probes.certs import tls_info  # local: certs depends on cryptography, load lazily

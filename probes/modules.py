@@ -45,8 +45,16 @@ KINDS = (*SUPPORTED_PROBERS, "icmp", "grpc")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|s|m|h|d|w|y)")
 _UNIT_SECONDS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
-    "d": 86400.0, "w": 604800.0, "y": 31536000.0,
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    "y": 31536000.0,
 }
 
 
@@ -77,8 +85,17 @@ def parse_duration(value: Any) -> float:
 
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?$", re.IGNORECASE)
-_SIZE_UNIT = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-              "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_SIZE_UNIT = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
 
 
 def parse_size(value: Any) -> int:
@@ -278,7 +295,9 @@ class DNSProbe(_Model):
         try:
             dns.rdatatype.from_text(value.upper())
         except dns.exception.DNSException:
-            raise ValueError(f"{value!r} is not a DNS record type (A, AAAA, MX, SOA, ...)") from None
+            raise ValueError(
+                f"{value!r} is not a DNS record type (A, AAAA, MX, SOA, ...)"
+            ) from None
         return value.upper()
 
     @field_validator("query_class")

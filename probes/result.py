@@ -194,9 +194,7 @@ class ProbeResult:
             "peer": self.peer,
             "started_at": self.started_at,
             "tls": self.tls.to_json() if self.tls else None,
-            "metrics": {
-                _sample_key(m.name, m.labels): m.value for m in self.measurements
-            },
+            "metrics": {_sample_key(m.name, m.labels): m.value for m in self.measurements},
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
@@ -274,10 +272,16 @@ class Recorder:
     def finish(
         self, target: str, reason: Reason, detail: str, duration: float, started_at: float
     ) -> ProbeResult:
-        self.gauge("probe_success", 1 if reason is Reason.SUCCESS else 0,
-                   help="Displays whether or not the probe was a success")
-        self.gauge("probe_duration_seconds", duration,
-                   help="Returns how long the probe took to complete in seconds")
+        self.gauge(
+            "probe_success",
+            1 if reason is Reason.SUCCESS else 0,
+            help="Displays whether or not the probe was a success",
+        )
+        self.gauge(
+            "probe_duration_seconds",
+            duration,
+            help="Returns how long the probe took to complete in seconds",
+        )
         return ProbeResult(
             kind=self.kind,
             target=target,

@@ -36,7 +36,7 @@ def _probers() -> Mapping[str, Prober]:
 PROBERS: Mapping[str, Prober] = _probers()
 
 
-async def run_probe(
+async def run_probe(  # noqa: ASYNC109 - applied below with asyncio.timeout, per phase
     module: Module,
     target: str,
     timeout: float,
@@ -54,7 +54,9 @@ async def run_probe(
     prober = PROBERS.get(module.prober)
     if prober is None:
         reason = Reason.UNSUPPORTED
-        detail = f"prober {module.prober!r} is not supported by seismo (supported: http, tcp, dns, tls)"
+        detail = (
+            f"prober {module.prober!r} is not supported by seismo (supported: http, tcp, dns, tls)"
+        )
     else:
         try:
             async with asyncio.timeout(timeout):
