@@ -36,10 +36,10 @@ def _probers() -> Mapping[str, Prober]:
 PROBERS: Mapping[str, Prober] = _probers()
 
 
-async def run_probe(  # noqa: ASYNC109 - applied below with asyncio.timeout, per phase
+async def run_probe(
     module: Module,
     target: str,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - applied below with asyncio.timeout, to blame a phase
     *,
     connector: Connector | None = None,
 ) -> ProbeResult:
