@@ -212,6 +212,7 @@ class Scheduler:
                 self.runs_started += 1
                 result = await self._run_guarded(rt.spec)
                 if not rt.removed:
+                    _log_transition(rt, result)
                     rt.record(result, lateness, self._loop.time())
         finally:
             rt.running = False
@@ -236,3 +237,15 @@ class Scheduler:
         if rt.handle is not None:
             rt.handle.cancel()
             rt.handle = None
+
+
+def _log_transition(rt: CheckRuntime, result: ProbeResult) -> None:
+    """Log when a check's outcome changes: error text goes to logs, never to labels."""
+    before = rt.last.reason if rt.last is not None else None
+    if before is result.reason:
+        return
+    if result.success:
+        if before is not None:
+            log.info("check %s: recovered (was %s)", rt.spec.name, before.value)
+    else:
+        log.warning("check %s: %s: %s", rt.spec.name, result.reason.value, result.detail)

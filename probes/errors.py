@@ -1,7 +1,9 @@
 """The ONE place where foreign exceptions become probe failure reasons.
 
     OSError (errno)                 -> connect_refused | connect_unreachable | connection_reset ...
-    ssl.SSLCertVerificationError    -> tls_cert_expired | tls_untrusted | tls_hostname_mismatch ...
+      ... reset/closed during "tls" -> tls_handshake_failed (the peer refused the handshake)
+    ssl.SSLCertVerificationError    -> tls_cert_expired | tls_cert_not_yet_valid | tls_self_signed
+                                       | tls_untrusted | tls_hostname_mismatch (by OpenSSL code)
     ssl.SSLError                    -> tls_handshake_failed
     dns.resolver.NXDOMAIN           -> dns_nxdomain           (resolving the target host)
     dns.resolver.NoAnswer           -> dns_no_address
@@ -35,6 +37,12 @@ VERIFY_CODE_REASONS: dict[int, Reason] = {
     18: Reason.TLS_SELF_SIGNED,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
     19: Reason.TLS_SELF_SIGNED,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
     2: Reason.TLS_UNTRUSTED,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    7: Reason.TLS_UNTRUSTED,  # X509_V_ERR_CERT_SIGNATURE_FAILURE
+    13: Reason.TLS_CERT_NOT_YET_VALID,  # X509_V_ERR_ERROR_IN_CERT_NOT_BEFORE_FIELD
+    14: Reason.TLS_CERT_EXPIRED,  # X509_V_ERR_ERROR_IN_CERT_NOT_AFTER_FIELD
+    22: Reason.TLS_UNTRUSTED,  # X509_V_ERR_CERT_CHAIN_TOO_LONG
+    23: Reason.TLS_UNTRUSTED,  # X509_V_ERR_CERT_REVOKED
+    25: Reason.TLS_UNTRUSTED,  # X509_V_ERR_PATH_LENGTH_EXCEEDED
     20: Reason.TLS_UNTRUSTED,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
     21: Reason.TLS_UNTRUSTED,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
     24: Reason.TLS_UNTRUSTED,  # X509_V_ERR_INVALID_CA
@@ -42,6 +50,7 @@ VERIFY_CODE_REASONS: dict[int, Reason] = {
     27: Reason.TLS_UNTRUSTED,  # X509_V_ERR_CERT_UNTRUSTED
     28: Reason.TLS_UNTRUSTED,  # X509_V_ERR_CERT_REJECTED
     62: Reason.TLS_HOSTNAME_MISMATCH,  # X509_V_ERR_HOSTNAME_MISMATCH
+    63: Reason.TLS_HOSTNAME_MISMATCH,  # X509_V_ERR_EMAIL_MISMATCH
     64: Reason.TLS_HOSTNAME_MISMATCH,  # X509_V_ERR_IP_ADDRESS_MISMATCH
 }
 
@@ -89,7 +98,9 @@ def _reason(exc: BaseException, phase: str | None) -> Reason | None:
     if isinstance(exc, ConnectionRefusedError):
         return Reason.CONNECT_REFUSED
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
-        return Reason.CONNECTION_RESET
+        # a peer that resets while we handshake is refusing TLS (e.g. mTLS without a
+        # client certificate, or a plain-text service): say so, like SSLEOFError above
+        return Reason.TLS_HANDSHAKE_FAILED if phase == "tls" else Reason.CONNECTION_RESET
     if isinstance(exc, asyncio.IncompleteReadError | EOFError):
         return Reason.CONNECTION_CLOSED
     if isinstance(exc, asyncio.LimitOverrunError):
@@ -106,7 +117,10 @@ def _reason(exc: BaseException, phase: str | None) -> Reason | None:
         return Reason.HTTP_PROTOCOL_ERROR
     if isinstance(exc, OSError):
         if exc.errno in _ERRNO_REASONS:
-            return _ERRNO_REASONS[exc.errno]
+            reason = _ERRNO_REASONS[exc.errno]
+            if phase == "tls" and reason is Reason.CONNECTION_RESET:
+                return Reason.TLS_HANDSHAKE_FAILED
+            return reason
         if phase == "resolve":
             return Reason.DNS_RESOLVE_FAILED
         return Reason.CONNECT_UNREACHABLE if phase == "connect" else Reason.CONNECTION_RESET
