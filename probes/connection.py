@@ -77,7 +77,10 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
 
 
 def fnv1a32(data: bytes) -> int:
-    """32-bit FNV-1a, as blackbox_exporter hashes the packed IP for probe_ip_addr_hash."""
+    """32-bit FNV-1a, as blackbox_exporter hashes the packed IP for probe_ip_addr_hash.
+
+    Checked against blackbox_exporter 0.23: ``127.0.0.1`` -> 3668918509.
+    """
     h = 0x811C9DC5
     for byte in data:
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
@@ -129,7 +132,7 @@ class Connector:
         )
         rec.gauge(
             "probe_ip_addr_hash",
-            _ip_hash(ip),
+            fnv1a32(ipaddress.ip_address(ip).packed),
             help="Specifies the hash of IP address. "
             "It's useful to detect if the IP address changes.",
         )
@@ -265,17 +268,6 @@ def _load_client_cert(ctx: ssl.SSLContext, cfg: TLSConfig) -> None:
             with os.fdopen(fd, "w") as fh:
                 fh.write(cfg.key)
         ctx.load_cert_chain(cert_path or "", key_path)
-
-
-def _ip_hash(ip: str) -> int:
-    """blackbox's ``probe_ip_addr_hash``: FNV-1a (32 bit) of the packed address bytes.
-
-    Checked against blackbox_exporter 0.23: ``127.0.0.1`` -> 3668918509.
-    """
-    h = 0x811C9DC5
-    for byte in ipaddress.ip_address(ip).packed:
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h
 
 
 def _read_hosts(path: Path) -> dict[tuple[str, int], str]:

@@ -98,8 +98,9 @@ class RunningAgent:
 async def start_agent(
     config_path: Path | None, data_dir: Path, env: dict[str, str] | None = None
 ) -> AsyncIterator[RunningAgent]:
-    agent = Agent(config_path=config_path, data_dir=data_dir, listen=("127.0.0.1", 0),
-                  env=env or {})
+    agent = Agent(
+        config_path=config_path, data_dir=data_dir, listen=("127.0.0.1", 0), env=env or {}
+    )
     task = asyncio.create_task(agent.run())
     try:
         await until(lambda: agent.ready or task.done())

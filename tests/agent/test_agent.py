@@ -52,8 +52,17 @@ checks:
 
 
 def labels_of(check: str, module: str, target: str, **extra: str) -> frozenset[tuple[str, str]]:
-    return frozenset({"check": check, "module": module, "target": target, "region": "eu-west",
-                      "zone": "eu-west-1a", "node": "node-1", **extra}.items())
+    return frozenset(
+        {
+            "check": check,
+            "module": module,
+            "target": target,
+            "region": "eu-west",
+            "zone": "eu-west-1a",
+            "node": "node-1",
+            **extra,
+        }.items()
+    )
 
 
 async def test_agent_probes_on_schedule_and_exports_blackbox_names(
@@ -71,7 +80,9 @@ async def test_agent_probes_on_schedule_and_exports_blackbox_names(
     assert samples[("probe_success", port)] == 1
     assert samples[("probe_http_status_code", home)] == 200
     assert samples[("probe_http_duration_seconds", home | {("phase", "connect")})] > 0
-    runs = samples[("seismo_check_runs_total", home | {("result", "success"), ("reason", "success")})]
+    runs = samples[
+        ("seismo_check_runs_total", home | {("result", "success"), ("reason", "success")})
+    ]
     assert runs >= 1
     assert samples[("seismo_check_duration_seconds_count", home)] >= runs
     assert samples[("seismo_config_last_reload_successful", frozenset())] == 1
@@ -126,13 +137,17 @@ async def test_a_hanging_target_is_bounded_and_stalls_nothing(
         assert home.last.success
 
 
-async def test_probe_endpoint_matches_blackbox_metric_set(tmp_path: Path, http_target: Target) -> None:
+async def test_probe_endpoint_matches_blackbox_metric_set(
+    tmp_path: Path, http_target: Target
+) -> None:
     cfg = write_config(tmp_path / "agent.yaml", base_config(http_target))
-    reference = json.loads((Path(__file__).parent.parent / "fixtures" / "blackbox" / "http.json")
-                           .read_text())
+    reference = json.loads(
+        (Path(__file__).parent.parent / "fixtures" / "blackbox" / "http.json").read_text()
+    )
     async with start_agent(cfg, tmp_path / "data") as a:
-        async with a.session.get(a.base + "/probe",
-                                 params={"module": "http_2xx", "target": http_target.url}) as r:
+        async with a.session.get(
+            a.base + "/probe", params={"module": "http_2xx", "target": http_target.url}
+        ) as r:
             assert r.status == 200
             assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             text = await r.text()
@@ -172,7 +187,8 @@ async def test_probe_endpoint_bad_timeout_header_and_debug(
     async with start_agent(cfg, tmp_path / "data") as a:
         status, body = await a.get(
             f"/probe?module=http_2xx&target={http_target.url}",
-            headers={"X-Prometheus-Scrape-Timeout-Seconds": "soon"})
+            headers={"X-Prometheus-Scrape-Timeout-Seconds": "soon"},
+        )
         assert status == 400 and "timeout" in body
         status, body = await a.get(f"/probe?module=http_2xx&target={http_target.url}&debug=true")
     assert status == 200
@@ -196,11 +212,14 @@ async def test_reload_keeps_the_last_good_config(tmp_path: Path, http_target: Ta
         assert {rt.spec.name for rt in a.agent.scheduler.checks()} == {"home", "port"}
 
         # a good config: 'port' goes away with its series, 'web2' comes
-        new = base_config(http_target).split("  - name: port")[0] + f"""  - name: web2
+        new = (
+            base_config(http_target).split("  - name: port")[0]
+            + f"""  - name: web2
     module: http_2xx
     target: {http_target.url}status/200
     interval: 200ms
 """
+        )
         cfg.write_text(new)
         status, _ = await a.post("/-/reload", TOKEN)
         assert status == 200
@@ -223,7 +242,9 @@ async def test_reload_needs_the_token(tmp_path: Path, http_target: Target) -> No
 
 
 async def test_config_file_change_is_picked_up(tmp_path: Path, http_target: Target) -> None:
-    text = base_config(http_target).replace("watch_config: false", "watch_config: true\n  watch_interval: 100ms")
+    text = base_config(http_target).replace(
+        "watch_config: false", "watch_config: true\n  watch_interval: 100ms"
+    )
     cfg = write_config(tmp_path / "agent.yaml", text)
     async with start_agent(cfg, tmp_path / "data") as a:
         await until(lambda: a.ran("home"))
@@ -249,14 +270,17 @@ async def test_dns_check_against_a_real_dns_server(tmp_path: Path, http_target: 
     target: 127.0.0.1:{port}
     interval: 200ms
 """
-        text = base_config(http_target, extra).replace("checks:", """  dns_www:
+        text = base_config(http_target, extra).replace(
+            "checks:",
+            """  dns_www:
     prober: dns
     dns:
       query_name: www.shop.test
       query_type: A
       validate_answer_rrs:
         fail_if_none_matches_regexp: ["127\\\\.0\\\\.0\\\\.9"]
-checks:""")
+checks:""",
+        )
         cfg = write_config(tmp_path / "agent.yaml", text)
         async with start_agent(cfg, tmp_path / "data") as a:
             await until(lambda: a.ran("dns"))

@@ -23,8 +23,9 @@ SEISMO = [sys.executable, "-m", "agent"]
 
 
 def seismo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SEISMO, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=ROOT, check=False)
+    return subprocess.run(
+        [*SEISMO, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+    )
 
 
 def test_check_config_ok_and_bad(tmp_path: Path) -> None:
@@ -36,7 +37,8 @@ def test_check_config_ok_and_bad(tmp_path: Path) -> None:
     res = seismo("check-config", str(bad))
     assert res.returncode == 2
     assert res.stderr.strip() == (
-        f"{bad}:4: modules.web.htp: unknown key 'htp' (not in the schema; check the spelling)")
+        f"{bad}:4: modules.web.htp: unknown key 'htp' (not in the schema; check the spelling)"
+    )
     missing = seismo("check-config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "cannot read config" in missing.stderr
 
@@ -77,8 +79,11 @@ class Agent:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [*SEISMO, "agent", "--listen", "127.0.0.1:0", *args], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [*SEISMO, "agent", "--listen", "127.0.0.1:0", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, **(env or {})},
         )
         self.lines: list[str] = []
@@ -133,7 +138,9 @@ def agents() -> Iterator[list[Agent]]:
             a.proc.wait(timeout=10)
 
 
-def test_embedded_default_serves_passing_metrics_offline(tmp_path: Path, agents: list[Agent]) -> None:
+def test_embedded_default_serves_passing_metrics_offline(
+    tmp_path: Path, agents: list[Agent]
+) -> None:
     """README command 1: `seismo agent` with no config probes its own demo targets."""
     a = Agent(["--data-dir", str(tmp_path / "data")])
     agents.append(a)
@@ -146,7 +153,9 @@ def test_embedded_default_serves_passing_metrics_offline(tmp_path: Path, agents:
     assert a.stop() == 0
 
 
-def test_sighup_reloads_and_sigterm_stops(tmp_path: Path, agents: list[Agent], http_target_sync: Target) -> None:
+def test_sighup_reloads_and_sigterm_stops(
+    tmp_path: Path, agents: list[Agent], http_target_sync: Target
+) -> None:
     cfg = tmp_path / "agent.yaml"
     body = f"""
 agent: {{watch_config: false}}
@@ -174,7 +183,8 @@ checks:
 def test_agent_exits_2_on_a_bad_config(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.yaml"
     cfg.write_text("checks:\n  - name: x\n    module: missing\n    target: t\n")
-    res = seismo("agent", "--config", str(cfg), "--listen", "127.0.0.1:0",
-                 "--data-dir", str(tmp_path / "d"))
+    res = seismo(
+        "agent", "--config", str(cfg), "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d")
+    )
     assert res.returncode == 2
     assert f"{cfg}:3: checks[0].module: unknown module 'missing'" in res.stderr

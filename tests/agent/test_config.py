@@ -59,8 +59,9 @@ checks:
 
 def test_identity_falls_back_to_environment_then_hostname() -> None:
     config, _ = parse_config("agent: {zone: z1}", "t.yml", {})
-    ident = config.agent.identity({"SEISMO_REGION": "r-env", "SEISMO_ZONE": "ignored",
-                                   "SEISMO_NODE": "node-7"})
+    ident = config.agent.identity(
+        {"SEISMO_REGION": "r-env", "SEISMO_ZONE": "ignored", "SEISMO_NODE": "node-7"}
+    )
     assert (ident.region, ident.zone, ident.node) == ("r-env", "z1", "node-7")
     assert config.agent.identity({}).node  # the host name
 
@@ -95,8 +96,12 @@ modules:
 
 
 def test_embedded_default_is_valid() -> None:
-    env = {"DEMO_HTTP_PORT": "1", "DEMO_HTTPS_PORT": "2", "DEMO_DNS_PORT": "3",
-           "DEMO_CA_FILE": "/nonexistent/ca.pem"}
+    env = {
+        "DEMO_HTTP_PORT": "1",
+        "DEMO_HTTPS_PORT": "2",
+        "DEMO_DNS_PORT": "3",
+        "DEMO_CA_FILE": "/nonexistent/ca.pem",
+    }
     config, warnings = parse_config(embedded_config_text(), "<embedded>", env)
     assert warnings == []
     assert {c.module for c in config.checks} <= set(config.modules)

@@ -19,17 +19,26 @@ HTTP = Module.model_validate({"prober": "http"})
 def result(reason: Reason = Reason.SUCCESS) -> ProbeResult:
     rec = Recorder("http")
     rec.gauge("probe_http_status_code", 200, help="Response HTTP status code")
-    rec.gauge("probe_http_duration_seconds", 0.0125, help="Duration of http request by phase",
-              phase="connect")
-    rec.gauge("probe_ssl_last_chain_info", 1, help="Contains SSL leaf certificate information",
-              subject='CN=a "quoted" \\ name\nwith newline')
+    rec.gauge(
+        "probe_http_duration_seconds",
+        0.0125,
+        help="Duration of http request by phase",
+        phase="connect",
+    )
+    rec.gauge(
+        "probe_ssl_last_chain_info",
+        1,
+        help="Contains SSL leaf certificate information",
+        subject='CN=a "quoted" \\ name\nwith newline',
+    )
     return rec.finish("http://t/", reason, "", 0.5, time.time())
 
 
 def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return {
         (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(text) for s in fam.samples
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
     }
 
 
@@ -50,16 +59,33 @@ def test_agent_page_has_identity_histograms_and_drops_removed_checks() -> None:
         raise AssertionError("not run")
 
     sched = Scheduler(runner, node="n1")
-    specs = [CheckSpec(name=n, module_name="web", module=HTTP, target=f"http://{n}/",
-                       interval=1, timeout=1, labels=(("team", "a"),)) for n in ("a", "b")]
+    specs = [
+        CheckSpec(
+            name=n,
+            module_name="web",
+            module=HTTP,
+            target=f"http://{n}/",
+            interval=1,
+            timeout=1,
+            labels=(("team", "a"),),
+        )
+        for n in ("a", "b")
+    ]
     sched.update(specs)
     for rt in sched.checks():
         rt.record(result(), 0.001, 1.0)
         rt.record(result(Reason.CONNECT_REFUSED), 0.002, 2.0)
     metrics = AgentMetrics(CollectorRegistry(), Identity(region="r", zone="z", node="n1"))
     samples = parse(metrics.render(sched).decode())
-    base = {"check": "a", "module": "web", "target": "http://a/", "region": "r", "zone": "z",
-            "node": "n1", "team": "a"}
+    base = {
+        "check": "a",
+        "module": "web",
+        "target": "http://a/",
+        "region": "r",
+        "zone": "z",
+        "node": "n1",
+        "team": "a",
+    }
     failed = frozenset({**base, "result": "failure", "reason": "connect_refused"}.items())
     assert samples[("seismo_check_runs_total", failed)] == 1
     assert samples[("seismo_check_duration_seconds_count", frozenset(base.items()))] == 2

@@ -21,8 +21,14 @@ HTTP = Module.model_validate({"prober": "http"})
 
 
 def spec(name: str, interval: float = 0.1, timeout: float = 0.1) -> CheckSpec:
-    return CheckSpec(name=name, module_name="web", module=HTTP, target=f"http://{name}/",
-                     interval=interval, timeout=timeout)
+    return CheckSpec(
+        name=name,
+        module_name="web",
+        module=HTTP,
+        target=f"http://{name}/",
+        interval=interval,
+        timeout=timeout,
+    )
 
 
 def ok(target: str) -> ProbeResult:
@@ -138,8 +144,12 @@ async def test_a_broken_probe_does_not_stop_the_others(caplog: pytest.LogCapture
     async with running(sched):
         broken, fine = sched.get("broken"), sched.get("fine")
         assert broken is not None and fine is not None
-        await until(lambda: broken.runs.get(Reason.INTERNAL_ERROR, 0) >= 2
-                    and fine.runs.get(Reason.SUCCESS, 0) >= 2)
+        await until(
+            lambda: (
+                broken.runs.get(Reason.INTERNAL_ERROR, 0) >= 2
+                and fine.runs.get(Reason.SUCCESS, 0) >= 2
+            )
+        )
     assert broken.last is not None and "KeyError" in broken.last.detail
     assert "probe raised" in caplog.text
 
@@ -159,7 +169,8 @@ async def test_update_diffs_checks() -> None:
         assert kept is not None
         runs_before = kept.runs[Reason.SUCCESS]
         added, removed, still = sched.update(
-            [spec("keep"), spec("change", interval=0.2), spec("new")])
+            [spec("keep"), spec("change", interval=0.2), spec("new")]
+        )
         assert (added, removed, still) == (2, 2, 1)
         assert sched.get("drop") is None
         assert sched.get("keep") is kept  # same state object: counters carry on

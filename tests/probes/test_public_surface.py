@@ -8,7 +8,13 @@ import probes
 
 def test_public_names_are_pinned() -> None:
     assert sorted(probes.__all__) == [
-        "CertInfo", "Connector", "Measurement", "Module", "ProbeResult", "Reason", "TLSInfo",
+        "CertInfo",
+        "Connector",
+        "Measurement",
+        "Module",
+        "ProbeResult",
+        "Reason",
+        "TLSInfo",
         "run_probe",
     ]
     for name in probes.__all__:
@@ -16,7 +22,9 @@ def test_public_names_are_pinned() -> None:
 
 
 def test_probes_never_imports_agent() -> None:
-    code = "import sys, probes, probes.http, probes.dns, probes.tls, probes.tcp; " \
-           "print(sorted(m for m in sys.modules if m == 'agent' or m.startswith('agent.')))"
+    code = (
+        "import sys, probes, probes.http, probes.dns, probes.tls, probes.tcp; "
+        "print(sorted(m for m in sys.modules if m == 'agent' or m.startswith('agent.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
