@@ -144,13 +144,15 @@ async def test_probe_endpoint_matches_blackbox_metric_set(
     reference = json.loads(
         (Path(__file__).parent.parent / "fixtures" / "blackbox" / "http.json").read_text()
     )
-    async with start_agent(cfg, tmp_path / "data") as a:
-        async with a.session.get(
+    async with (
+        start_agent(cfg, tmp_path / "data") as a,
+        a.session.get(
             a.base + "/probe", params={"module": "http_2xx", "target": http_target.url}
-        ) as r:
-            assert r.status == 200
-            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            text = await r.text()
+        ) as r,
+    ):
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await r.text()
     from prometheus_client.parser import text_string_to_metric_families
 
     fams = {f.name: f for f in text_string_to_metric_families(text)}
