@@ -71,7 +71,8 @@ def format_result(result: ProbeResult, module_name: str = "") -> str:
         (label, m.value)
         for m in result.measurements
         for name, label in _SHOWN_GAUGES.items()
-        if m.name == name and not m.labels
+        # a failed run's zeros (no response) say nothing; a success's zeros do
+        if m.name == name and not m.labels and (result.success or m.value != 0)
     ]
     for label, value in shown:
         lines.append(f"  {label:<15}{value:g}")

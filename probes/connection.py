@@ -147,11 +147,16 @@ class Connector:
         else:
             return str(literal)
         name = host.lower().rstrip(".")
+        if (name, socket.AF_INET) in self._hosts or (name, socket.AF_INET6) in self._hosts:
+            # the hosts file is authoritative for the names it lists (as glibc and Go)
+            for family in families:
+                if (name, family) in self._hosts:
+                    return self._hosts[(name, family)]
+            raise dns.resolver.NoAnswer(  # type: ignore[no-untyped-call]
+                f"{host} is in the hosts file, but not with an address of the wanted family"
+            )
         last_error: Exception | None = None
         for family in families:
-            hit = self._hosts.get((name, family))
-            if hit:
-                return hit
             rdtype = dns.rdatatype.AAAA if family == socket.AF_INET6 else dns.rdatatype.A
             try:
                 answer = await self.resolver.resolve(name, rdtype, search=True)

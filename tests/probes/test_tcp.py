@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from probes import Module, ProbeResult, Reason, run_probe
+from probes.result import ProbeFailed
 from probes.tcp import MAX_LINE, expand
 
 Serve = Callable[..., AbstractAsyncContextManager[int]]
@@ -241,3 +242,20 @@ async def test_metric_names_cover_blackbox(
             result = await run_probe(module, f"127.0.0.1:{port}", timeout=5)
         assert result.reason is Reason.SUCCESS, result.detail
     assert expected <= names(result), expected - names(result)
+
+
+async def test_hosts_file_names_resolve_without_dns(tmp_path: Path) -> None:
+    """A name in the hosts file is answered from it, whatever the preferred family."""
+    from probes.connection import Connector
+    from probes.result import Recorder
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost myhost # comment\n::1 only6\n")
+    connector = Connector(hosts_file=hosts)
+    rec = Recorder("tcp")
+    assert await connector.resolve("localhost", rec, "ip6", fallback=True) == "127.0.0.1"
+    assert await connector.resolve("MyHost.", rec, "ip4", fallback=False) == "127.0.0.1"
+    assert await connector.resolve("only6", rec, "ip4", fallback=True) == "::1"
+    with pytest.raises(ProbeFailed) as info:
+        await connector.resolve("localhost", rec, "ip6", fallback=False)
+    assert info.value.reason is Reason.DNS_NO_ADDRESS
