@@ -33,7 +33,6 @@ from probes.modules import parse_duration
 __all__ = ["register"]
 
 
-
 def _duration(value: str) -> float:
     try:
         return parse_duration(value)
@@ -187,7 +186,9 @@ async def _run(supervisor: Supervisor) -> int:
 
     def on_signal(sig: signal.Signals) -> None:
         if supervisor.abort_reason is None:
-            supervisor.abort({"kind": "signal", "signal": sig.name, "message": f"received {sig.name}"})
+            supervisor.abort(
+                {"kind": "signal", "signal": sig.name, "message": f"received {sig.name}"}
+            )
         else:
             print(
                 f"seismo: {sig.name} received again; waiting for the rollbacks to finish",
@@ -205,16 +206,16 @@ async def _run(supervisor: Supervisor) -> int:
 
 
 def cmd_journal_list(args: argparse.Namespace) -> int:
-    runs = _store(args).list()
+    runs = _store(args).runs()
     if args.json:
         print(json.dumps([r.to_json() for r in runs], indent=2))
         return 0
     if not runs:
         print("no runs")
         return 0
-    print(f"{'RUN ID':<26} {'STATUS':<12} {'DEVIATED':<8} {'PARTIAL':<7} TITLE")
+    print(f"{'RUN ID':<32} {'STATUS':<12} {'DEVIATED':<8} {'PARTIAL':<7} TITLE")
     for r in runs:
-        print(f"{r.run_id:<26} {r.status:<12} {r.deviated!s:<8} {r.partial!s:<7} {r.title}")
+        print(f"{r.run_id:<32} {r.status:<12} {r.deviated!s:<8} {r.partial!s:<7} {r.title}")
     return 0
 
 
