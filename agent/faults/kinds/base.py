@@ -1,0 +1,89 @@
+"""What every fault kind provides, and the parameter types they share.
+
+    class Loss(FaultKind):
+        name = "network_loss"
+        params = LossParams                    # pydantic, extra="forbid"
+        requires = frozenset({"nftables"})
+        def plan(self, fault_id, params, target, caps) -> Plan: ...
+
+Parameter validation lives in the pydantic models (CIDRs, ports, percentages, durations,
+interface names), so a bad parameter is refused before anything reaches the ledger.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from agent.faults.preflight import Capabilities
+from agent.faults.steps import Plan
+from agent.faults.targets import Target
+
+__all__ = [
+    "CIDR",
+    "QDISC_HANDLE",
+    "FaultKind",
+    "Interface",
+    "Params",
+    "Percent",
+    "Port",
+    "Refused",
+    "table_name",
+]
+
+
+class Refused(Exception):
+    """The node cannot apply this fault (missing capability, unsupported combination)."""
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR (e.g. 10.0.0.0/24)") from None
+
+
+def _interface(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", value) or value in (".", ".."):
+        raise ValueError(f"{value!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . : -)")
+    return value
+
+
+CIDR = Annotated[str, AfterValidator(_cidr)]
+Interface = Annotated[str, AfterValidator(_interface)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+#: the handle of every root qdisc seismo adds, so reconcile can find orphans ("5e15" ~ "seis")
+QDISC_HANDLE = "5e15:"
+
+
+def table_name(fault_id: str) -> str:
+    """The nftables table of a fault: tagged as seismo's so reconcile can find orphans."""
+    return "seismo_" + re.sub(r"[^A-Za-z0-9_]", "_", fault_id)
+
+
+class FaultKind:
+    """Base of fault kinds. Subclasses set ``name``, ``params``, ``requires``, ``plan``."""
+
+    name: ClassVar[str]
+    params: ClassVar[type[Params]]
+    #: capabilities the node must have (see agent.faults.preflight)
+    requires: ClassVar[frozenset[str]] = frozenset()
+    #: the target kinds it applies to
+    targets: ClassVar[frozenset[str]] = frozenset({"netns", "cgroup"})
+    description: ClassVar[str] = ""
+
+    def parse(self, raw: dict[str, Any]) -> Params:
+        return self.params.model_validate(raw)
+
+    def plan(self, fault_id: str, params: Any, target: Target, caps: Capabilities) -> Plan:
+        raise NotImplementedError
