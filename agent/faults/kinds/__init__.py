@@ -23,6 +23,6 @@ def all_kinds() -> Mapping[str, FaultKind]:
 
 def _modules() -> list:  # type: ignore[type-arg]
     # imported here so a kind module's heavy imports load only when faults are used
-    from agent.faults.kinds import network
+    from agent.faults.kinds import dns, http, latency, network, process, stress
 
-    return [network]
+    return [network, latency, dns, http, process, stress]
