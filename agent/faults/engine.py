@@ -1,9 +1,12 @@
 """The fault engine: applies faults ledger-first and guarantees they are taken away.
 
     apply:     validate params → resolve the target (allowlist) → blast-radius policy →
-               capability check → plan (apply + exact inverse) → LEDGER (fsync) → apply steps
+               capability check → kind.prepare (read-only checks in the target) → plan (apply
+               + exact inverse) → LEDGER (fsync) → apply steps
                (a failure part-way runs the inverse at once)
     revert:    run the inverse steps → ledger
+    instant:   a kind with ``instant = True`` (a kill) is reverted (reason "instant") right
+               after it is applied: it has nothing to undo
     ttl:       every fault has one (capped by ``faults.max_ttl``); reverted at expiry
     dead man:  a fault owned by a run (``owner="run:<id>"``) is reverted when the run's
                heartbeat is older than ``faults.heartbeat_timeout``
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -33,7 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.faults.kinds.base import QDISC_HANDLE, FaultKind, Refused, table_name
+from agent.faults.kinds.base import QDISC_HANDLE, FaultKind, Invalid, Refused, table_name
 from agent.faults.ledger import FaultEntry, Ledger, LedgerCorrupt
 from agent.faults.preflight import Capabilities
 from agent.faults.settings import FaultSettings
@@ -106,6 +110,8 @@ class FaultEngine:
         self._heartbeats: dict[str, float] = {}
         self._lock = asyncio.Lock()
         self.stats = FaultStats()
+        #: unreadable ledger lines found by the last reconcile (kept in the file), for the API
+        self.ledger_problems: list[str] = []
 
     # --- queries --------------------------------------------------------------------
 
@@ -156,6 +162,15 @@ class FaultEngine:
             why = "; ".join(f"{m}: {self.caps.details.get(m, 'not available')}" for m in missing)
             raise FaultRefused([f"this node cannot apply {kind_name}: missing {why}"])
         async with self._lock:
+            # under the lock: what prepare reads (e.g. "is a qdisc already there?") stays true
+            # until this fault is applied
+            try:
+                parsed = await kind.prepare(parsed, target)
+            except Invalid as exc:
+                raise FaultInvalid(exc.problems) from None
+            except Refused as exc:
+                self._count_refused(kind_name)
+                raise FaultRefused([str(exc)]) from None
             if len(self.active()) >= self.settings.max_concurrent:
                 self._count_refused(kind_name)
                 raise FaultRefused(
@@ -166,7 +181,7 @@ class FaultEngine:
                 )
             fault_id = f"{kind_name.replace('_', '-')}-{secrets.token_hex(4)}"
             try:
-                plan = kind.plan(fault_id, parsed, target, self.caps)
+                plan = kind.plan_for(fault_id, parsed, target, self.caps, ttl=ttl)
             except Refused as exc:
                 self._count_refused(kind_name)
                 raise FaultRefused([str(exc)]) from None
@@ -214,6 +229,8 @@ class FaultEngine:
             entry.params,
             entry.facts,
         )
+        if kind.instant:  # done once applied, nothing to undo: out of the active set at once
+            entry = await self.revert(fault_id, "instant") or entry
         return entry
 
     def _count_refused(self, kind: str) -> None:
@@ -318,22 +335,31 @@ class FaultEngine:
         """At start: revert every fault that may be on the node, then sweep orphans."""
         try:
             self._entries = self._ledger.load()
+            self.ledger_problems = []
         except LedgerCorrupt as exc:
-            # keep going with what could be read; the file is left for a person to inspect
+            # revert what could be read; the file is left as it is for a person to inspect
+            # (no compaction: it would drop the unreadable lines)
             log.error("fault ledger has unreadable lines (kept in the file): %s", exc)
-            self._entries = {}
+            self._entries = exc.entries
+            self.ledger_problems = exc.problems
         reverted = await self.clear("reconcile")
         await self._sweep_orphans()
-        if not self.active():
+        if not self.active() and not self.ledger_problems:
             self._ledger.compact(self._entries)
         return reverted
 
     async def _sweep_orphans(self) -> None:
         known = {e.id for e in self.active()}
-        for target in self._resolver.allowed_netns():
+        targets = self._resolver.allowed_netns()
+        for target in targets:
             await self._sweep_nft(target.netns, known)
             await self._sweep_qdiscs(target.netns)
+        # only helpers inside the targets this agent may touch: another agent's (or another
+        # test's) helpers elsewhere on the machine are not ours to stop
+        namespaces = {_ns_id(t.netns) for t in targets} - {None}
         for pid, marker in await asyncio.to_thread(marked_processes):
+            if _ns_id(f"/proc/{pid}/ns/net") not in namespaces:
+                continue
             if marker.removeprefix(MARKER_PREFIX) not in known:
                 log.warning("reconcile: stopping orphaned seismo helper pid %d (%s)", pid, marker)
                 with contextlib.suppress(StepFailed):
@@ -360,6 +386,15 @@ class FaultEngine:
                 log.warning("reconcile: deleting orphaned qdisc on %s in %s", parts[4], netns)
                 with contextlib.suppress(StepFailed):
                     await execute(Run(("tc", "qdisc", "del", "dev", parts[4], "root"), netns=netns))
+
+
+def _ns_id(path: str) -> tuple[int, int] | None:
+    """(inode, device) identifying a network namespace file, or None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_dev
 
 
 def _param_problem(kind: str, err: Any) -> str:

@@ -9,9 +9,10 @@ An append-only JSON-lines file in the data dir. Each line is one event:
 
 Every append is fsynced before the call returns, so after a crash (OOM, kill -9, power) the
 agent knows every fault that may be on the node and exactly how to take it away. A torn last
-line (a crash mid-write) is ignored; a corrupt line elsewhere is reported and kept in the file
-(never dropped). Compaction rewrites the file atomically (temp file, fsync, rename) keeping the
-entries that are not reverted.
+line (a crash mid-write) is ignored, and cut off before the next append so it cannot swallow
+a good record; a corrupt line elsewhere is reported and kept in the file (never dropped).
+Compaction rewrites the file atomically (temp file, fsync, rename) keeping the entries that
+are not reverted.
 
     ledger = Ledger(data_dir / "faults" / "ledger.jsonl")
     ledger.intent(entry); ledger.applied(entry.id); ledger.reverted(entry.id, "ttl")
@@ -30,7 +31,7 @@ from typing import Any, Literal
 
 from agent.faults.steps import Plan, Step, step_from_json, step_to_json
 
-__all__ = ["FaultEntry", "Ledger", "LedgerCorrupt", "State"]
+__all__ = ["FaultEntry", "Ledger", "LedgerCorrupt", "State", "ledger_path"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,16 @@ State = Literal["intent", "applied", "reverted", "failed"]
 
 
 class LedgerCorrupt(Exception):
-    """The ledger has lines that cannot be read; they are kept, and listed here."""
+    """The ledger has lines that cannot be read; they are kept, and listed in ``problems``.
+
+    ``entries`` holds every fault the readable lines describe, so a caller can still revert
+    them: one bad line must not hide the faults around it.
+    """
+
+    def __init__(self, problems: list[str], entries: dict[str, FaultEntry]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.entries = entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +120,16 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._tail_checked = False
 
     # --- writing --------------------------------------------------------------------
 
     def _append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
         with self._lock:
+            if not self._tail_checked:
+                self._cut_torn_tail()
+                self._tail_checked = True
             created = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -126,6 +140,28 @@ class Ledger:
                 os.close(fd)
             if created:
                 _fsync_dir(self.path.parent)
+
+    def _cut_torn_tail(self) -> None:
+        # A crash mid-append leaves a last line without its newline. Appending after it would
+        # glue the next (good) record onto the torn bytes and make both unreadable. The torn
+        # bytes are a record whose write never completed (its fsync never returned, so
+        # nothing relied on it): cut them off before the first append.
+        try:
+            with self.path.open("rb+") as f:
+                data = f.read()
+                if not data or data.endswith(b"\n"):
+                    return
+                keep = data.rfind(b"\n") + 1
+                log.warning(
+                    "fault ledger %s: cutting a torn last line (%d bytes) before appending",
+                    self.path,
+                    len(data) - keep,
+                )
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+        except FileNotFoundError:
+            return
 
     def intent(self, entry: FaultEntry) -> None:
         """Record a fault and its inverse before anything is applied."""
@@ -170,7 +206,7 @@ class Ledger:
                     continue
                 bad.append(f"{self.path}:{number}: {exc}")
         if bad:
-            raise LedgerCorrupt("; ".join(bad))
+            raise LedgerCorrupt(bad, entries)
         return entries
 
     @staticmethod
@@ -198,6 +234,9 @@ class Ledger:
     def compact(self, entries: dict[str, FaultEntry]) -> None:
         """Rewrite the ledger with only the active entries (atomic; fsynced)."""
         with self._lock:
+            if not self.path.exists() and not any(e.active for e in entries.values()):
+                return  # a first start: no ledger yet, and nothing to write
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -238,3 +277,8 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def ledger_path(data_dir: Path) -> Path:
+    """Where the agent keeps its fault ledger inside ``--data-dir``."""
+    return data_dir / "faults" / "ledger.jsonl"

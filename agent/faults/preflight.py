@@ -22,7 +22,17 @@ from agent.faults.steps import Run, StepFailed, execute
 
 __all__ = ["ALL_CAPABILITIES", "Capabilities", "detect"]
 
-ALL_CAPABILITIES = ("root", "netns", "nsenter", "nftables", "nft_nat", "tbf", "netem", "cgroups")
+ALL_CAPABILITIES = (
+    "root",
+    "netns",
+    "nsenter",
+    "nftables",
+    "nft_nat",
+    "tbf",
+    "netem",
+    "tun",
+    "cgroups",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,10 @@ async def detect() -> Capabilities:
         present.add("nsenter")
     if await asyncio.to_thread(Path("/sys/fs/cgroup").is_dir):
         present.add("cgroups")
+    if await asyncio.to_thread(Path("/dev/net/tun").exists):
+        present.add("tun")  # the latency delay line without netem
+    else:
+        details["tun"] = "/dev/net/tun is missing"
     if "root" not in present or shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
         details.setdefault("netns", "needs root and iproute2")
         return Capabilities(frozenset(present), details)

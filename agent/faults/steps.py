@@ -188,7 +188,9 @@ async def _spawn(step: Spawn) -> asyncio.subprocess.Process:
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        # the helper's log goes to the agent's own stderr: a pipe nobody drains after
+        # "ready" would fill up and stall the traffic the helper carries
+        stderr=None,
         env=env,
         start_new_session=True,
     )
@@ -198,8 +200,11 @@ async def _spawn(step: Spawn) -> asyncio.subprocess.Process:
             while True:
                 line = await proc.stdout.readline()
                 if not line:
-                    err = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
-                    raise StepFailed(f"{' '.join(argv)}: exited before ready: {err.strip()}")
+                    code = await proc.wait()
+                    raise StepFailed(
+                        f"{' '.join(argv)}: exited with {code} before ready (its error is in "
+                        "the agent's log)"
+                    )
                 if line.decode(errors="replace").strip() == step.ready_line:
                     break
     except (TimeoutError, StepFailed) as exc:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agent.faults.kinds.base import FaultKind, Refused
+from agent.faults.kinds.base import FaultKind, Invalid, Refused
 
-__all__ = ["FaultKind", "Refused", "all_kinds"]
+__all__ = ["FaultKind", "Invalid", "Refused", "all_kinds"]
 
 
 def all_kinds() -> Mapping[str, FaultKind]:

@@ -27,6 +27,7 @@ __all__ = [
     "QDISC_HANDLE",
     "FaultKind",
     "Interface",
+    "Invalid",
     "Params",
     "Percent",
     "Port",
@@ -37,6 +38,17 @@ __all__ = [
 
 class Refused(Exception):
     """The node cannot apply this fault (missing capability, unsupported combination)."""
+
+
+class Invalid(Exception):
+    """Parameters that only the target can show to be wrong (e.g. an interface it lacks).
+
+    ``problems`` are messages naming the parameter and the rule, like a validation error's.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class Params(BaseModel):
@@ -72,7 +84,8 @@ def table_name(fault_id: str) -> str:
 
 
 class FaultKind:
-    """Base of fault kinds. Subclasses set ``name``, ``params``, ``requires``, ``plan``."""
+    """Base of fault kinds. Subclasses set ``name``, ``params``, ``requires``, ``plan``,
+    and may override the async ``prepare`` to check params against the live target."""
 
     name: ClassVar[str]
     params: ClassVar[type[Params]]
@@ -81,9 +94,33 @@ class FaultKind:
     #: the target kinds it applies to
     targets: ClassVar[frozenset[str]] = frozenset({"netns", "cgroup"})
     description: ClassVar[str] = ""
+    #: acts once and cannot be undone (a kill): the engine applies it and at once records it
+    #: as reverted (reason "instant"); its TTL only bounds its life in the ledger
+    instant: ClassVar[bool] = False
 
     def parse(self, raw: dict[str, Any]) -> Params:
         return self.params.model_validate(raw)
 
+    async def prepare(self, params: Any, target: Target) -> Any:
+        """Check parameters against the live target, or fill in defaults only it knows.
+
+        Runs after the target is resolved and the capabilities are checked, before the
+        ledger: it may only *read* the node (e.g. ``ip -o link`` in the target's netns),
+        never change it. Returns the (possibly completed) params, which go to the ledger
+        and to ``plan``. Raises :class:`Invalid` for a bad parameter, :class:`Refused` when
+        the target cannot take the fault. The default returns ``params`` unchanged.
+        """
+        return params
+
     def plan(self, fault_id: str, params: Any, target: Target, caps: Capabilities) -> Plan:
         raise NotImplementedError
+
+    def plan_for(
+        self, fault_id: str, params: Any, target: Target, caps: Capabilities, *, ttl: float
+    ) -> Plan:
+        """The plan of a fault that lives ``ttl`` seconds; what the engine calls.
+
+        Kinds whose helpers must bound their own life by the TTL (a stressor that exits by
+        itself if the agent is gone) override this; the others implement ``plan``.
+        """
+        return self.plan(fault_id, params, target, caps)
