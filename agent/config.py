@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.experiments.settings import ExperimentSettings
+from agent.faults.settings import FaultSettings
 from probes.modules import Duration, Module
 
 __all__ = [
@@ -180,6 +181,7 @@ class Config(_Model):
     checks: list[Check] = Field(default_factory=list)
     api: APISettings = APISettings()
     experiments: ExperimentSettings = ExperimentSettings()
+    faults: FaultSettings = FaultSettings()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

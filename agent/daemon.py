@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from agent.auth import load_token
 from agent.config import Config, ConfigError, Identity, parse_config
 from agent.demo import DemoPorts, DemoTargets
+from agent.experiments.service import ExperimentService
 from agent.metrics import AgentMetrics
 from agent.scheduler import CheckSpec, LoopLagMonitor, Scheduler
 from agent.server import bound_port, build_app
@@ -97,6 +98,7 @@ class Agent:
         self.token: str | None
         self.metrics: AgentMetrics
         self.scheduler: Scheduler
+        self.experiments: ExperimentService
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -106,12 +108,15 @@ class Agent:
         self.clock = loop.time
         self.data_dir.mkdir(parents=True, exist_ok=True)
         runner: web.AppRunner | None = None
+        experiments_started = False
         try:
             if self.config_path is None:
                 self.demo = DemoTargets(self.data_dir, self._demo_ports)
                 await self.demo.start()
                 self._env.update(self.demo.variables())
             await self._load_initial()
+            await self.experiments.start()  # reconcile journals of runners that died
+            experiments_started = True
             runner = web.AppRunner(build_app(self), access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, self.listen[0], self.listen[1])
@@ -124,6 +129,7 @@ class Agent:
                 tasks = [
                     tg.create_task(self.scheduler.run(), name="scheduler"),
                     tg.create_task(self.lag.run(), name="loop-lag"),
+                    tg.create_task(self.experiments.run(), name="experiment-schedules"),
                 ]
                 if self.config_path is not None and self.config.agent.watch_config:
                     tasks.append(tg.create_task(self._watch(), name="config-watch"))
@@ -132,10 +138,13 @@ class Agent:
                 self.metrics.ready.set(1)
                 await self._stop.wait()
                 self.ready = False
+                await self.experiments.close()  # the active run's rollbacks first
                 for task in tasks:
                     task.cancel()
         finally:
             self.ready = False
+            if experiments_started:
+                await self.experiments.close()
             if handle_signals:
                 for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -164,6 +173,7 @@ class Agent:
         self._announce(f"  metrics  {base}/metrics")
         self._announce(f"  probe    {base}/probe?module=http_2xx&target=...")
         self._announce(f"  checks   {base}/api/v1/checks")
+        self._announce(f"  runs     {base}/api/v1/runs")
         if self.demo is not None:
             self._announce("  demo targets (loopback):")
             for url in self.demo.urls():
@@ -205,6 +215,37 @@ class Agent:
             max_concurrency=config.agent.max_concurrency,
         )
         self.scheduler.update(check_specs(config))
+        base_dir = self.config_path.parent if self.config_path is not None else Path.cwd()
+        self.experiments = ExperimentService(
+            config.experiments, self.data_dir, base_dir=base_dir, env=self.runner_env
+        )
+
+    def url(self) -> str:
+        """This agent's own base URL, as the agent itself can reach it."""
+        host = self.listen[0]
+        if host in ("", "0.0.0.0"):  # noqa: S104 - not binding, reaching
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+
+    def runner_env(self) -> dict[str, str]:
+        """The environment of experiment runner processes: the agent's, plus its identity,
+        its own URL (for ``check`` guardrails and providers) and, in demo mode, the demo URLs."""
+        env = {**os.environ, **self._env}
+        env.update(
+            SEISMO_REGION=self.identity.region,
+            SEISMO_ZONE=self.identity.zone,
+            SEISMO_NODE=self.identity.node,
+            SEISMO_AGENT_URL=self.url(),
+        )
+        if self.demo is not None:  # what the experiments/ catalog reads
+            ports = self.demo.ports
+            env.setdefault("SEISMO_DEMO_HTTP_URL", f"http://127.0.0.1:{ports.http}")
+            env.setdefault("SEISMO_DEMO_TLS_TARGET", f"127.0.0.1:{ports.https}")
+            env.setdefault("SEISMO_DEMO_DNS_SERVER", f"127.0.0.1:{ports.dns}")
+            env.setdefault("SEISMO_DEMO_CA_FILE", str(self.demo.ca_file))
+        return env
 
     def _apply(self, config: Config, token: str | None, digest: bytes) -> None:
         self.config = config
@@ -231,6 +272,7 @@ class Agent:
             if self.identity != old_identity:
                 self.metrics.set_identity(self.identity)
             added, removed, kept = self.scheduler.update(check_specs(config))
+            self.experiments.update(config.experiments)
             self.metrics.config_reloaded(True, time.time())
             log.info(
                 "config reloaded from %s: %d checks added, %d removed, %d kept",

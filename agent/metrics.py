@@ -8,7 +8,9 @@
 2. per check, the durable series blackbox lacks: ``seismo_check_runs_total{result,reason}``,
    ``seismo_check_duration_seconds`` (histogram), last-run time and lateness, skipped runs;
 3. the agent's own ``seismo_*`` metrics (config reloads, scheduler lateness, event-loop lag,
-   build info), kept in a ``CollectorRegistry`` that is passed in, never the global one.
+   build info), kept in a ``CollectorRegistry`` that is passed in, never the global one;
+4. experiment runs (``seismo_experiment_*``), rendered from the experiment service's
+   snapshot (agent.experiments.stats): by experiment title, never by run id.
 
 Parts 1 and 2 are rendered straight from the scheduler's state at scrape time: nothing is
 registered per check, so the series of a removed check disappear with it, and a scrape of
@@ -30,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_
 
 from agent import __version__
 from agent.config import Identity
+from agent.experiments.stats import ExperimentStats
 from agent.scheduler import CheckRuntime, LoopLagMonitor, Scheduler
 from agent.stats import Histogram
 from probes.result import Measurement, ProbeResult, Reason
@@ -168,7 +171,12 @@ class AgentMetrics:
         if ok:
             self.reload_timestamp.set(when)
 
-    def render(self, scheduler: Scheduler, lag: LoopLagMonitor | None = None) -> bytes:
+    def render(
+        self,
+        scheduler: Scheduler,
+        lag: LoopLagMonitor | None = None,
+        experiments: ExperimentStats | None = None,
+    ) -> bytes:
         """The whole ``/metrics`` page."""
         fams = _Families()
         live = {id(rt) for rt in scheduler.checks()}
@@ -176,6 +184,8 @@ class AgentMetrics:
         for rt in scheduler.checks():
             self._render_check(fams, rt)
         self._render_scheduler(fams, scheduler, lag)
+        if experiments is not None:
+            _render_experiments(fams, experiments)
         return generate_latest(self.registry) + fams.render().encode()
 
     def _base(self, rt: CheckRuntime) -> str:
@@ -256,3 +266,57 @@ class AgentMetrics:
                 "How late the event loop woke a timer; high values mean the agent is "
                 "starved of CPU.",
             ).histogram("", lag.lag)
+
+
+def _render_experiments(fams: _Families, stats: ExperimentStats) -> None:
+    fams.get(
+        "seismo_experiment_running", "gauge", "1 while an experiment run is active on this agent."
+    ).sample("", stats.running)
+    runs = fams.get(
+        "seismo_experiment_runs_total",
+        "counter",
+        "Finished experiment runs, by experiment title, journal status and deviation.",
+    )
+    for (exp, status, deviated), n in sorted(stats.runs.items()):
+        labels = (("experiment", exp), ("status", status), ("deviated", str(deviated).lower()))
+        runs.sample(_labels(labels), n)
+    duration = fams.get(
+        "seismo_experiment_duration_seconds",
+        "histogram",
+        "Duration of experiment runs (all outcomes), in seconds.",
+    )
+    for exp, hist in sorted(stats.durations.items()):
+        duration.histogram(_labels((("experiment", exp),)), hist)
+    last = fams.get(
+        "seismo_experiment_last_run_timestamp_seconds",
+        "gauge",
+        "When the last run of the experiment finished (Unix time).",
+    )
+    for exp, when in sorted(stats.last_run.items()):
+        last.sample(_labels((("experiment", exp),)), when)
+    trips = fams.get(
+        "seismo_experiment_guardrail_trips_total",
+        "counter",
+        "Guardrails that tripped during a run, by experiment and guardrail.",
+    )
+    for (exp, guardrail), n in sorted(stats.guardrail_trips.items()):
+        trips.sample(_labels((("experiment", exp), ("guardrail", guardrail))), n)
+    skipped = fams.get(
+        "seismo_experiment_schedule_skipped_total",
+        "counter",
+        "Scheduled runs skipped because another run was active (concurrency_policy: forbid).",
+    )
+    for name, n in sorted(stats.schedule_skipped.items()):
+        skipped.sample(_labels((("schedule", name),)), n)
+    errors = fams.get(
+        "seismo_experiment_schedule_errors_total",
+        "counter",
+        "Scheduled runs that could not start (experiment missing or invalid).",
+    )
+    for name, n in sorted(stats.schedule_errors.items()):
+        errors.sample(_labels((("schedule", name),)), n)
+    fams.get(
+        "seismo_experiment_runs_reconciled_total",
+        "counter",
+        "Runs found without a journal at agent start (their runner died); marked partial.",
+    ).sample("", stats.reconciled)

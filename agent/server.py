@@ -9,6 +9,7 @@
     GET  /api/v1/checks/{name}/summary?window=30s
                                        success ratio and latency quantiles over a window
     POST /-/reload                     reload the config (bearer token)
+    /api/v1/runs...                    experiment runs (agent.experiments.api)
 
 ``/probe`` follows blackbox_exporter: ``module`` defaults to ``http_2xx``; the timeout is the
 module's, capped by ``X-Prometheus-Scrape-Timeout-Seconds`` minus 0.5 s (120 s without the
@@ -27,6 +28,7 @@ import yaml
 from aiohttp import web
 
 from agent.auth import check_bearer
+from agent.experiments.api import add_routes as add_run_routes
 from agent.metrics import CONTENT_TYPE, render_probe
 from probes import run_probe
 from probes.modules import parse_duration
@@ -56,6 +58,7 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/api/v1/checks/{name}", check)
     app.router.add_get("/api/v1/checks/{name}/summary", summary)
     app.router.add_post("/-/reload", reload)
+    add_run_routes(app, agent.experiments, token=lambda: agent.token)
     return app
 
 
@@ -67,6 +70,7 @@ async def index(request: web.Request) -> web.Response:
         "/metrics",
         "/probe?module=&target=",
         "/api/v1/checks",
+        "/api/v1/runs",
         "/healthz",
         "/readyz",
         "",
@@ -77,7 +81,7 @@ async def index(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    body = agent.metrics.render(agent.scheduler, agent.lag)
+    body = agent.metrics.render(agent.scheduler, agent.lag, agent.experiments.stats())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -71,7 +71,9 @@ class RunState:
         self.rollbacks_started = False
         self.timer_activity: tuple[str, float] | None = None
         self._pending: dict[str, Any] | None = None
-        self._lock = threading.Lock()
+        # re-entrant: a signal handler on the main thread may need it while the main
+        # thread holds it (record_interruption)
+        self._lock = threading.RLock()
 
     @property
     def protected(self) -> bool:
@@ -218,6 +220,9 @@ class Streamer(RunEventHandler):  # type: ignore[misc]
 
 def _make_signal_handler(state: RunState) -> Any:
     def handler(signum: int, frame: FrameType | None) -> None:
+        if state.log.writing():  # interrupted mid-record: finish the record, then handle
+            state.log.defer_signal(signum)
+            return
         if signum == signal.SIGALRM:
             current = state.timer_activity
             name, timeout = current if current else ("?", 0.0)
@@ -262,7 +267,12 @@ def _read_commands(stream: IO[str], state: RunState) -> None:
         if isinstance(command, dict) and command.get("cmd") == "interrupt":
             reason = command.get("reason") or {"kind": "abort", "message": "aborted"}
             state.request(reason)
-            os.kill(os.getpid(), signal.SIGTERM)
+            # To the MAIN thread: os.kill() lets the kernel pick any thread (often this one),
+            # and then the main thread's blocking call (an HTTP action waiting on a socket)
+            # is not interrupted, so the Python handler would run only when that call returns.
+            main = threading.main_thread().ident
+            assert main is not None
+            signal.pthread_kill(main, signal.SIGTERM)
 
 
 class _RedactingFilter(logging.Filter):

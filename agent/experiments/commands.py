@@ -5,6 +5,7 @@
                    [--rollback-strategy S] [--hypothesis-strategy S] [--hypothesis-frequency S]
                    [--max-duration S] [--data-dir DIR]
     seismo journal list|show ID|reconcile [--data-dir DIR] [--json]
+    seismo submit EXP --agent URL --token-file F [--var k=v]...   (agent.experiments.submit)
 
 Exit codes: 0 completed and not deviated; 1 deviated or failed; 2 invalid input;
 3 interrupted or aborted (after rollbacks).
@@ -27,6 +28,7 @@ from agent.experiments.progress import ProgressPrinter
 from agent.experiments.runner import RunOptions, Supervisor
 from agent.experiments.spec import DRY_MODES, HYPOTHESIS_STRATEGIES, ROLLBACK_STRATEGIES
 from agent.experiments.store import JournalStore, default_data_dir
+from agent.experiments.submit import register as register_submit
 from agent.experiments.validation import validate_file
 from probes.modules import parse_duration
 
@@ -108,6 +110,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     jr = jsub.add_parser("reconcile", help="mark the runs whose runner died as partial")
     _data_dir_arg(jr)
     jr.set_defaults(func=cmd_journal_reconcile)
+
+    register_submit(sub)
 
 
 def _policy(args: argparse.Namespace) -> Policy:

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ class EventLog:
         self._fd = fd
         self._mirror = mirror
         self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._deferred: int | None = None
         self._seq = self._next_seq()
 
     @classmethod
@@ -59,16 +62,34 @@ class EventLog:
 
     def emit(self, event: str, **payload: Any) -> dict[str, Any]:
         with self._lock:
-            record = {"seq": self._seq, "ts": utc_now(), "event": event, **payload}
-            line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
-            os.write(self._fd, line.encode("utf-8"))
-            os.fsync(self._fd)
-            self._seq += 1
-            if self._mirror is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    self._mirror.write(line)
-                    self._mirror.flush()
-            return record
+            self._owner = threading.get_ident()
+            try:
+                record = {"seq": self._seq, "ts": utc_now(), "event": event, **payload}
+                line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
+                os.write(self._fd, line.encode("utf-8"))
+                os.fsync(self._fd)
+                self._seq += 1
+                if self._mirror is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        self._mirror.write(line)
+                        self._mirror.flush()
+            finally:
+                self._owner = None
+                deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            signal.raise_signal(deferred)  # handled now, on this (the main) thread
+        return record
+
+    def writing(self) -> bool:
+        """True while the calling thread is inside :meth:`emit`."""
+        return self._owner == threading.get_ident()
+
+    def defer_signal(self, signum: int) -> None:
+        """Re-raise ``signum`` when the current :meth:`emit` is done.
+
+        A signal handler that interrupts ``emit`` on the main thread must not emit itself
+        (the lock is not re-entrant, and a half-written record would be cut): it defers."""
+        self._deferred = signum
 
     def close(self) -> None:
         with self._lock:

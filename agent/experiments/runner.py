@@ -32,7 +32,7 @@ from typing import Any
 
 from agent.experiments.errors import ExperimentInvalid, Problem, RunnerFailed
 from agent.experiments.events import read_events
-from agent.experiments.extension import SeismoExtension, parse_extension
+from agent.experiments.extension import Guardrail, SeismoExtension, parse_extension
 from agent.experiments.journal import agent_identity, exit_code, partial_journal, seismo_extension
 from agent.experiments.spec import RunSpec, effective_rollback_strategy, resolve_runtime
 from agent.experiments.store import JournalStore, atomic_write_json
@@ -59,6 +59,10 @@ class RunOptions:
     rollback_grace: float = 120.0
     python: str = sys.executable
     env: Mapping[str, str] | None = None
+    #: guardrails of the operator (agent config), watched next to the experiment's own
+    guardrails: tuple[Guardrail, ...] = ()
+    #: the agent URL for ``check`` guardrails that name none (the agent itself, in the agent)
+    agent_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +77,16 @@ def _substitute_guardrails(
     ext: SeismoExtension, experiment: Mapping[str, Any], options: RunOptions
 ) -> SeismoExtension:
     """Resolve ``${name}`` in guardrail targets, checks and agent URLs from the experiment's
-    configuration (with ``--var`` overrides), as chaoslib does for activities."""
+    configuration (with ``--var`` overrides), as chaoslib does for activities; then add the
+    operator's guardrails, named ``agent:<name>``."""
+    operator = [
+        g.model_copy(
+            update={"name": f"agent:{g.name}", "agent_url": g.agent_url or options.agent_url}
+        )
+        for g in options.guardrails
+    ]
     if not ext.guardrails:
-        return ext
+        return ext.model_copy(update={"guardrails": operator}) if operator else ext
     from chaoslib import substitute
     from chaoslib.configuration import load_configuration
 
@@ -91,11 +102,14 @@ def _substitute_guardrails(
 
     guardrails = []
     for g in ext.guardrails:
-        update: dict[str, Any] = {"check": sub(g.check), "agent_url": sub(g.agent_url)}
+        update: dict[str, Any] = {
+            "check": sub(g.check),
+            "agent_url": sub(g.agent_url) or options.agent_url,
+        }
         if g.probe is not None:
             update["probe"] = g.probe.model_copy(update={"target": sub(g.probe.target)})
         guardrails.append(g.model_copy(update=update))
-    return ext.model_copy(update={"guardrails": guardrails})
+    return ext.model_copy(update={"guardrails": [*guardrails, *operator]})
 
 
 class Supervisor:
@@ -137,14 +151,27 @@ class Supervisor:
         self._rollbacks_started = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._baselines: dict[str, float | None] = {}
+        self._run_dir: Path | None = None
 
     # -- public -----------------------------------------------------------------------
 
     def abort(self, reason: Mapping[str, Any]) -> None:
-        """Interrupt the run (once): the runner plays rollbacks, then stops."""
-        if self.abort_reason is not None or self._proc is None:
+        """Interrupt the run (once): the runner plays rollbacks, then stops.
+
+        Before the runner is spawned, the reason is kept and sent as soon as it is."""
+        if self.abort_reason is not None or self.phase == "finished":
             return
         self.abort_reason = dict(reason)
+        if self._proc is not None:
+            self._interrupt()
+
+    def reserve(self) -> str:
+        """Create the run's directory now and return its id (``run()`` uses it)."""
+        if self.run_id is None:
+            self.run_id, self._run_dir = self.store.create_run()
+        return self.run_id
+
+    def _interrupt(self) -> None:
         self._send({"cmd": "interrupt", "reason": self.abort_reason})
         task = asyncio.get_running_loop().create_task(self._escalate())
         self._tasks.add(task)
@@ -156,8 +183,9 @@ class Supervisor:
         if any(g.max_p95_ratio_to_baseline is not None for g in guardrails):
             self._baselines = await measure_baselines(guardrails)
             self._notify({"event": "baselines", "baselines": self._baselines})
-        run_id, run_dir = self.store.create_run()
-        self.run_id = run_id
+        self.reserve()
+        run_id, run_dir = self.run_id, self._run_dir
+        assert run_id is not None and run_dir is not None
         spec = self._spec(run_id, run_dir)
         try:
             await self._supervise(spec, run_dir)
@@ -242,6 +270,8 @@ class Supervisor:
         self._notify(
             {"event": "spawned", "run_id": spec.run_id, "pid": proc.pid, "run_dir": str(run_dir)}
         )
+        if self.abort_reason is not None:  # aborted before the runner existed
+            self._interrupt()
         helpers: list[asyncio.Task[None]] = []
         if self.extension.guardrails:
             helpers.append(asyncio.create_task(self._guard()))

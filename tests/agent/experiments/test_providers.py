@@ -139,3 +139,21 @@ def test_providers_surface_is_pinned() -> None:
         "tls",
         "tls_ok",
     ]
+
+
+async def test_jsonpath_tolerances_match_provider_output(demo: DemoTarget) -> None:
+    """chaostoolkit-lib's jsonpath extra is a dependency: tolerances can reach into the
+    structured output (status, phases, reason) of seismo's providers."""
+    from chaoslib.hypothesis import within_tolerance
+
+    ok = await asyncio.to_thread(providers.http, f"{demo.base_url}/", 5)
+    bad = await asyncio.to_thread(providers.http, f"{demo.base_url}/status/503", 5)
+
+    def met(tolerance: dict[str, Any], value: dict[str, Any]) -> bool:
+        return bool(within_tolerance(tolerance, value, configuration={}, secrets={}))
+
+    status_200 = {"type": "jsonpath", "path": "$.status", "expect": 200}
+    assert met(status_200, ok) is True
+    assert met(status_200, bad) is False
+    assert met({"type": "jsonpath", "path": "$.reason", "expect": "http_status"}, bad) is True
+    assert met({"type": "jsonpath", "path": "$.phases.connect", "count": 1}, ok) is True
