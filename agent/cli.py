@@ -22,6 +22,7 @@ from pathlib import Path
 from agent import __version__
 from agent.config import Config, ConfigError, load_config, parse_config
 from agent.experiments import commands as experiment_commands
+from agent.faults import commands as fault_commands
 
 __all__ = ["build_parser", "default_data_dir", "main"]
 
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe)
 
     experiment_commands.register(sub)
+    fault_commands.register(sub)
     return parser
 
 

@@ -31,6 +31,11 @@ from agent.auth import load_token
 from agent.config import Config, ConfigError, Identity, parse_config
 from agent.demo import DemoPorts, DemoTargets
 from agent.experiments.service import ExperimentService
+from agent.faults.engine import FaultEngine
+from agent.faults.kinds import all_kinds
+from agent.faults.ledger import Ledger, ledger_path
+from agent.faults.preflight import detect
+from agent.faults.targets import TargetResolver
 from agent.metrics import AgentMetrics
 from agent.scheduler import CheckSpec, LoopLagMonitor, Scheduler
 from agent.server import bound_port, build_app
@@ -99,6 +104,7 @@ class Agent:
         self.metrics: AgentMetrics
         self.scheduler: Scheduler
         self.experiments: ExperimentService
+        self.faults: FaultEngine
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -115,6 +121,7 @@ class Agent:
                 await self.demo.start()
                 self._env.update(self.demo.variables())
             await self._load_initial()
+            await self._start_faults()  # revert whatever a crashed agent left on the node
             await self.experiments.start()  # reconcile journals of runners that died
             experiments_started = True
             runner = web.AppRunner(build_app(self), access_log=None)
@@ -130,6 +137,7 @@ class Agent:
                     tg.create_task(self.scheduler.run(), name="scheduler"),
                     tg.create_task(self.lag.run(), name="loop-lag"),
                     tg.create_task(self.experiments.run(), name="experiment-schedules"),
+                    tg.create_task(self.faults.run(), name="fault-ttl-and-dead-man"),
                 ]
                 if self.config_path is not None and self.config.agent.watch_config:
                     tasks.append(tg.create_task(self._watch(), name="config-watch"))
@@ -139,6 +147,7 @@ class Agent:
                 await self._stop.wait()
                 self.ready = False
                 await self.experiments.close()  # the active run's rollbacks first
+                await self.faults.clear("agent_stop")  # then anything still on the node
                 for task in tasks:
                     task.cancel()
         finally:
@@ -155,6 +164,19 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _start_faults(self) -> None:
+        settings = self.config.faults
+        self.faults = FaultEngine(
+            Ledger(ledger_path(self.data_dir)),
+            TargetResolver(settings.allowed_targets),
+            settings,
+            await detect(),
+            all_kinds(),
+        )
+        reverted = await self.faults.reconcile()
+        if reverted:
+            log.warning("reverted %d faults left on the node by an earlier agent", len(reverted))
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
@@ -239,6 +261,8 @@ class Agent:
             SEISMO_NODE=self.identity.node,
             SEISMO_AGENT_URL=self.url(),
         )
+        if self.token:  # the runner's fault providers and heartbeats call this agent
+            env["SEISMO_TOKEN"] = self.token
         if self.demo is not None:  # what the experiments/ catalog reads
             ports = self.demo.ports
             env.setdefault("SEISMO_DEMO_HTTP_URL", f"http://127.0.0.1:{ports.http}")
@@ -273,6 +297,7 @@ class Agent:
                 self.metrics.set_identity(self.identity)
             added, removed, kept = self.scheduler.update(check_specs(config))
             self.experiments.update(config.experiments)
+            self.faults.update_policy(config.faults)
             self.metrics.config_reloaded(True, time.time())
             log.info(
                 "config reloaded from %s: %d checks added, %d removed, %d kept",

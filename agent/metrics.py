@@ -33,6 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_
 from agent import __version__
 from agent.config import Identity
 from agent.experiments.stats import ExperimentStats
+from agent.faults.engine import FaultEngine
+from agent.faults.preflight import ALL_CAPABILITIES
 from agent.scheduler import CheckRuntime, LoopLagMonitor, Scheduler
 from agent.stats import Histogram
 from probes.result import Measurement, ProbeResult, Reason
@@ -176,6 +178,7 @@ class AgentMetrics:
         scheduler: Scheduler,
         lag: LoopLagMonitor | None = None,
         experiments: ExperimentStats | None = None,
+        faults: FaultEngine | None = None,
     ) -> bytes:
         """The whole ``/metrics`` page."""
         fams = _Families()
@@ -186,6 +189,8 @@ class AgentMetrics:
         self._render_scheduler(fams, scheduler, lag)
         if experiments is not None:
             _render_experiments(fams, experiments)
+        if faults is not None:
+            _render_faults(fams, faults)
         return generate_latest(self.registry) + fams.render().encode()
 
     def _base(self, rt: CheckRuntime) -> str:
@@ -320,3 +325,47 @@ def _render_experiments(fams: _Families, stats: ExperimentStats) -> None:
         "counter",
         "Runs found without a journal at agent start (their runner died); marked partial.",
     ).sample("", stats.reconciled)
+
+
+def _render_faults(fams: _Families, engine: FaultEngine) -> None:
+    active = fams.get(
+        "seismo_faults_active", "gauge", "Faults active on this node, by kind and target."
+    )
+    counts: dict[tuple[str, str], int] = {}
+    for entry in engine.active():
+        counts[(entry.kind, entry.target)] = counts.get((entry.kind, entry.target), 0) + 1
+    for (kind, target), n in sorted(counts.items()):
+        active.sample(_labels((("kind", kind), ("target", target))), n)
+    if not counts:
+        active.sample("", 0)
+    stats = engine.stats
+    applied = fams.get("seismo_faults_applied_total", "counter", "Faults applied, by kind.")
+    for kind, n in sorted(stats.applied.items()):
+        applied.sample(_labels((("kind", kind),)), n)
+    reverted = fams.get(
+        "seismo_faults_reverted_total",
+        "counter",
+        "Faults reverted, by kind and reason (rollback, ttl, dead_man, kill_switch, reconcile, "
+        "agent_stop, apply_failed, instant, api).",
+    )
+    for (kind, reason), n in sorted(stats.reverted.items()):
+        reverted.sample(_labels((("kind", kind), ("reason", reason))), n)
+    refused = fams.get(
+        "seismo_faults_refused_total",
+        "counter",
+        "Faults refused because the node lacks a capability or the policy's limit was reached.",
+    )
+    for kind, n in sorted(stats.refused.items()):
+        refused.sample(_labels((("kind", kind),)), n)
+    caps = fams.get(
+        "seismo_fault_capability",
+        "gauge",
+        "1 if this node can apply faults that need the capability (kernel preflight at start).",
+    )
+    for name in ALL_CAPABILITIES:
+        caps.sample(_labels((("capability", name),)), 1 if engine.caps.has(name) else 0)
+    fams.get(
+        "seismo_fault_ledger_problems",
+        "gauge",
+        "Unreadable lines in the fault ledger (kept in the file for a person to inspect).",
+    ).sample("", len(engine.ledger_problems))

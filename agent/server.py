@@ -29,6 +29,7 @@ from aiohttp import web
 
 from agent.auth import check_bearer
 from agent.experiments.api import add_routes as add_run_routes
+from agent.faults.api import routes as fault_routes
 from agent.metrics import CONTENT_TYPE, render_probe
 from probes import run_probe
 from probes.modules import parse_duration
@@ -59,6 +60,7 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/api/v1/checks/{name}/summary", summary)
     app.router.add_post("/-/reload", reload)
     add_run_routes(app, agent.experiments, token=lambda: agent.token)
+    app.add_routes(fault_routes(lambda request: agent.faults, lambda request: agent.token))
     return app
 
 
@@ -71,6 +73,7 @@ async def index(request: web.Request) -> web.Response:
         "/probe?module=&target=",
         "/api/v1/checks",
         "/api/v1/runs",
+        "/api/v1/faults",
         "/healthz",
         "/readyz",
         "",
@@ -81,7 +84,7 @@ async def index(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    body = agent.metrics.render(agent.scheduler, agent.lag, agent.experiments.stats())
+    body = agent.metrics.render(agent.scheduler, agent.lag, agent.experiments.stats(), agent.faults)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

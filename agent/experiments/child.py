@@ -37,7 +37,7 @@ from types import FrameType
 from typing import IO, Any
 
 from agent.experiments.events import EventLog
-from agent.experiments.journal import exit_code, new_extension
+from agent.experiments.journal import applied_faults, exit_code, new_extension
 from agent.experiments.redaction import Redactor, mask_secret_definitions
 from agent.experiments.spec import RunSpec, effective_rollback_strategy
 from agent.experiments.store import atomic_write_json
@@ -363,6 +363,7 @@ def _finish(spec: RunSpec, state: RunState, journal: dict[str, Any], experiment:
     if journal.get("status") not in ("completed", "failed", "aborted", "interrupted"):
         journal["status"] = "completed"
     state.ext["rollbacks"]["played"] = state.rollbacks_started
+    state.ext["faults"] = applied_faults(journal)
     journal_experiment = dict(journal.get("experiment") or experiment)
     journal_experiment.pop("dry", None)
     if "secrets" in journal_experiment:

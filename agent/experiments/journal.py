@@ -31,6 +31,7 @@ __all__ = [
     "EXIT_INVALID",
     "EXIT_OK",
     "agent_identity",
+    "applied_faults",
     "exit_code",
     "new_extension",
     "partial_journal",
@@ -47,6 +48,23 @@ def agent_identity(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The agent identity from ``SEISMO_REGION``/``ZONE``/``NODE`` (empty when unset)."""
     environ = os.environ if env is None else env
     return {k: environ.get(f"SEISMO_{k.upper()}", "") for k in ("region", "zone", "node")}
+
+
+def applied_faults(journal: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The node faults the run applied through ``agent.faults.providers.apply_fault``."""
+    out: list[dict[str, Any]] = []
+    for run in journal.get("run") or []:
+        activity = run.get("activity") or {}
+        provider = activity.get("provider") or {}
+        output = run.get("output")
+        if (
+            provider.get("module") == "agent.faults.providers"
+            and provider.get("func") == "apply_fault"
+            and isinstance(output, dict)
+            and "id" in output
+        ):
+            out.append({k: output.get(k) for k in ("id", "kind", "target", "expires_at")})
+    return out
 
 
 def new_extension(

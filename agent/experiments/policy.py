@@ -24,7 +24,12 @@ from agent.experiments.errors import Problem
 
 __all__ = ["DEFAULT_ALLOWED_MODULES", "Policy", "check_policy", "iter_activities"]
 
-DEFAULT_ALLOWED_MODULES: tuple[str, ...] = ("agent.experiments.providers", "chaosk8s", "chaoslib")
+DEFAULT_ALLOWED_MODULES: tuple[str, ...] = (
+    "agent.experiments.providers",
+    "agent.faults.providers",
+    "chaosk8s",
+    "chaoslib",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.client import AgentClient, AgentError
 from agent.experiments.errors import ExperimentInvalid, Problem, RunnerFailed
 from agent.experiments.events import read_events
 from agent.experiments.extension import Guardrail, SeismoExtension, parse_extension
@@ -41,6 +44,10 @@ from agent.experiments.watch import measure_baselines, watch
 __all__ = ["RunOptions", "RunOutcome", "Supervisor"]
 
 EVENT_LINE_LIMIT = 16 * 1024 * 1024
+#: seconds between fault heartbeats (the agent's faults.heartbeat_timeout defaults to 30 s)
+HEARTBEAT_PERIOD = 5.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +246,7 @@ class Supervisor:
 
     async def _spawn(self, spec: RunSpec, run_dir: Path) -> asyncio.subprocess.Process:
         env = dict(os.environ if self.options.env is None else self.options.env)
+        env["SEISMO_RUN_ID"] = spec.run_id  # owns the node faults this run applies
         log_fd = os.open(run_dir / "runner.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             try:
@@ -278,6 +286,7 @@ class Supervisor:
         max_duration = self.options.max_duration or self.extension.max_duration
         if max_duration:
             helpers.append(asyncio.create_task(self._deadline(max_duration)))
+        helpers.append(asyncio.create_task(self._heartbeat(spec.run_id)))
         reader = asyncio.create_task(self._read_events(proc))
         try:
             await proc.wait()
@@ -326,6 +335,30 @@ class Supervisor:
         trip = watcher.result()
         self._notify({"event": "guardrail_tripped", "trip": trip.to_json()})
         self.abort(trip.to_json())
+
+    async def _heartbeat(self, run_id: str) -> None:
+        """Tell the agent this run is alive, so it keeps the run's node faults.
+
+        If this supervisor dies, the heartbeats stop and the agent's dead man's switch
+        reverts the run's faults. Without a token there can be no faults: nothing to send.
+        """
+        env = os.environ if self.options.env is None else self.options.env
+        if not (env.get("SEISMO_TOKEN") or env.get("SEISMO_TOKEN_FILE")):
+            return
+        try:
+            client = AgentClient.from_env(env=env)
+        except AgentError as exc:
+            log.warning("run %s: no fault heartbeats: %s", run_id, exc)
+            return
+        client = dataclasses.replace(client, timeout=HEARTBEAT_PERIOD)
+        while True:
+            try:
+                await asyncio.to_thread(
+                    client.call, "POST", "/api/v1/faults/heartbeat", {"owner": f"run:{run_id}"}
+                )
+            except AgentError as exc:
+                log.debug("run %s: heartbeat not delivered: %s", run_id, exc)
+            await asyncio.sleep(HEARTBEAT_PERIOD)
 
     async def _deadline(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

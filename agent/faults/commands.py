@@ -148,8 +148,9 @@ def _guard(func: Any) -> Any:
         try:
             status: int = func(args)
         except AgentError as exc:
+            prefix = f"agent answered {exc.status}: " if exc.status else ""
             for problem in exc.problems:
-                print(f"seismo faults: {problem}", file=sys.stderr)
+                print(f"seismo faults: {prefix}{problem}", file=sys.stderr)
             return EXIT_INVALID if exc.status == 400 else EXIT_FAILED
         return status
 

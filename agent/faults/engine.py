@@ -113,6 +113,11 @@ class FaultEngine:
         #: unreadable ledger lines found by the last reconcile (kept in the file), for the API
         self.ledger_problems: list[str] = []
 
+    def update_policy(self, settings: FaultSettings) -> None:
+        """A config reload: new blast-radius policy. Active faults keep their TTLs."""
+        self.settings = settings
+        self._resolver = self._resolver.with_allowed(settings.allowed_targets)
+
     # --- queries --------------------------------------------------------------------
 
     def active(self) -> list[FaultEntry]:

@@ -87,6 +87,10 @@ class TargetResolver:
         self._netns_dir = netns_dir
         self._cgroup_root = cgroup_root
 
+    def with_allowed(self, allowed: list[str]) -> TargetResolver:
+        """The same resolver with a new allowlist (a config reload)."""
+        return TargetResolver(allowed, netns_dir=self._netns_dir, cgroup_root=self._cgroup_root)
+
     def allowed(self, spec: str) -> bool:
         return any(fnmatch.fnmatchcase(spec, pattern) for pattern in self._allowed)
 
