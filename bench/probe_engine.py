@@ -1,0 +1,137 @@
+"""Where the ``/probe`` CPU goes, by layer: the probe library alone, plus rendering.
+
+Runs ``probes.run_probe`` in a closed loop (concurrency 50) inside this process, pinned to
+core 0, against the same loopback targets as probe_throughput.py (core 1), and counts
+probes per CPU-second of this process. Compared with probe_throughput's figure for the whole
+agent, it splits the cost into the probe itself, ``render_probe``, and the HTTP server.
+
+``--patch`` applies prototype optimisations by monkeypatching (agent/ and probes/ are not
+edited), to measure a proposal's gain before anyone writes it for real:
+
+- ``ipcache``: cache ``ipaddress`` parsing and the FNV hash of an IP literal in
+  ``Connector.resolve`` (an IP target re-parses the address three times per probe);
+- ``certcache``: cache ``probes.certs.cert_info`` by the certificate's DER bytes, so a
+  chain seen before is not parsed again with ``cryptography`` (``CertInfo`` is frozen).
+
+    python -m bench.probe_engine                       # http, https, dns, tcp_tls
+    python -m bench.probe_engine --kinds http --render --patch ipcache
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import os
+import statistics
+import sys
+import time
+
+from bench.harness import AGENT_CPU, Fleet, make_certs, print_machine
+from bench.probe_throughput import KINDS, write_configs
+
+
+def apply_patches(names: list[str]) -> None:
+    if "certcache" in names:
+        from probes import certs
+
+        certs.cert_info = functools.lru_cache(maxsize=1024)(certs.cert_info)  # type: ignore[assignment]
+    if "ipcache" in names:
+        import ipaddress
+
+        from probes import connection
+
+        connection.fnv1a32 = functools.lru_cache(maxsize=4096)(connection.fnv1a32)  # type: ignore[assignment]
+        orig = ipaddress.ip_address
+        cached = functools.lru_cache(maxsize=4096)(orig)
+        connection.ipaddress.ip_address = cached  # type: ignore[attr-defined]
+
+
+def targets_for(kind: str, ports: dict[str, list[int]], dns_port: int) -> list[str]:
+    if kind == "http":
+        return [f"http://127.0.0.1:{p}/" for p in ports["http"]]
+    if kind == "https":
+        return [f"https://127.0.0.1:{p}/" for p in ports["https"]]
+    if kind == "dns":
+        return [f"127.0.0.1:{dns_port}"]
+    return [f"127.0.0.1:{p}" for p in ports["https"]]
+
+
+async def loop_probes(
+    module: object, targets: list[str], count: int, concurrency: int, render: bool
+) -> tuple[int, int]:
+    from agent.metrics import render_probe
+    from probes import Connector, run_probe
+
+    connector = Connector()
+    issued = ok = 0
+
+    async def worker() -> None:
+        nonlocal issued, ok
+        while issued < count:
+            target = targets[issued % len(targets)]
+            issued += 1
+            result = await run_probe(module, target, 5.0, connector=connector)  # type: ignore[arg-type]
+            if render:
+                render_probe(result).encode()
+            ok += result.success
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(worker())
+    return issued, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--count", type=int, default=5000)
+    p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--render", action="store_true", help="also render the /probe page")
+    p.add_argument("--patch", default="", help="comma-separated prototype patches")
+    p.add_argument("--no-uvloop", action="store_true")
+    args = p.parse_args(argv)
+    print_machine()
+    from agent.config import load_config
+    from bench.probe_throughput import MODULES
+
+    patches = [x for x in args.patch.split(",") if x]
+    apply_patches(patches)
+    if not args.no_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    with Fleet() as fleet:
+        certs = make_certs(fleet.dir)
+        ports = fleet.targets(http=4, https=4, certs=certs)
+        dns_port = fleet.dnsmasq()
+        seismo_cfg, _ = write_configs(fleet.dir, certs)
+        config, _ = load_config(seismo_cfg)
+        os.sched_setaffinity(0, {AGENT_CPU})
+        for kind in args.kinds.split(","):
+            module = config.modules[MODULES[kind]]
+            targets = targets_for(kind, ports, dns_port)
+            rates = []
+            for _ in range(args.reps):
+                asyncio.run(loop_probes(module, targets, 300, args.concurrency, args.render))
+                c0 = time.process_time()
+                done, ok = asyncio.run(
+                    loop_probes(module, targets, args.count, args.concurrency, args.render)
+                )
+                cpu = time.process_time() - c0
+                if ok != done:
+                    print(f"  {kind}: {done - ok} of {done} probes failed", file=sys.stderr)
+                rates.append(ok / cpu)
+            print(
+                f"{kind:8} {statistics.median(rates):6.0f} probes/CPU-s "
+                f"[{min(rates):.0f}-{max(rates):.0f}] render={args.render} patches={patches}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
