@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -209,25 +209,30 @@ def _chain_der(sslobj: ssl.SSLObject, *, verified: bool) -> list[bytes]:
     return [leaf] if leaf else []
 
 
-def _infos(ders: Iterable[bytes]) -> tuple[CertInfo, ...]:
-    return tuple(cert_info(der) for der in ders)
-
-
-def tls_info(sslobj: ssl.SSLObject, server_name: str, *, verified: bool) -> TLSInfo:
+def tls_info(
+    sslobj: ssl.SSLObject,
+    server_name: str,
+    *,
+    verified: bool,
+    parse: Callable[[bytes], CertInfo] = cert_info,
+) -> TLSInfo:
     """Describe a finished handshake. ``verified``: the context verified chain and name.
 
     ``chain`` is what the peer presented, leaf first; ``verified_chain`` (leaf to trust
     anchor) is only filled when the handshake verified (with verification off, OpenSSL's
-    "verified chain" is meaningless).
+    "verified chain" is meaningless). ``parse`` turns DER into CertInfo; the Connector passes
+    a cached one, since the same chain comes back on every probe of a target.
     """
     cipher = sslobj.cipher()
     return TLSInfo(
         version=tls_version_name(sslobj.version()),
         cipher=cipher_name(cipher[0]) if cipher else "",
         server_name=server_name,
-        chain=_infos(_chain_der(sslobj, verified=False)),
+        chain=tuple(parse(der) for der in _chain_der(sslobj, verified=False)),
         verified=verified,
-        verified_chain=_infos(_chain_der(sslobj, verified=True)) if verified else (),
+        verified_chain=(
+            tuple(parse(der) for der in _chain_der(sslobj, verified=True)) if verified else ()
+        ),
     )
 
 

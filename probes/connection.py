@@ -26,14 +26,16 @@ import os
 import socket
 import ssl
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.asyncresolver
 import dns.rdatatype
 import dns.resolver
 
+from probes.certs import cert_info, tls_info
 from probes.modules import TLSConfig
-from probes.result import ProbeFailed, Reason, Recorder
+from probes.result import CertInfo, ProbeFailed, Reason, Recorder
 
 __all__ = ["Connector", "fnv1a32", "split_host_port"]
 
@@ -76,6 +78,16 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
     return host, int(port_text)
 
 
+_CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Address:
+    text: str
+    version: int
+    hash: int
+
+
 def fnv1a32(data: bytes) -> int:
     """32-bit FNV-1a, as blackbox_exporter hashes the packed IP for probe_ip_addr_hash.
 
@@ -104,6 +116,10 @@ class Connector:
         self._resolver = resolver
         self._hosts = _read_hosts(Path(hosts_file))
         self._contexts: dict[tuple[TLSConfig, bool], ssl.SSLContext] = {}
+        # per-probe parsing that gives the same answer every time for the same input: an IP
+        # literal's facts, a certificate's facts (bounded; a probe fleet sees few distinct ones)
+        self._addresses: dict[str, _Address] = {}
+        self._certs: dict[bytes, CertInfo] = {}
 
     @property
     def resolver(self) -> dns.asyncresolver.Resolver:
@@ -126,26 +142,48 @@ class Connector:
             rec.phases["resolve"],
             help="Returns the time taken for probe dns lookup in seconds",
         )
-        version = ipaddress.ip_address(ip).version
+        address = self._address(ip)
+        assert address is not None  # _resolve returns addresses only
         rec.gauge(
-            "probe_ip_protocol", version, help="Specifies whether probe ip protocol is IP4 or IP6"
+            "probe_ip_protocol",
+            address.version,
+            help="Specifies whether probe ip protocol is IP4 or IP6",
         )
         rec.gauge(
             "probe_ip_addr_hash",
-            fnv1a32(ipaddress.ip_address(ip).packed),
+            address.hash,
             help="Specifies the hash of IP address. "
             "It's useful to detect if the IP address changes.",
         )
-        return ip
+        return address.text
+
+    def _address(self, text: str) -> _Address | None:
+        """An IP literal's canonical text, version and hash (cached); None if not an IP."""
+        found = self._addresses.get(text)
+        if found is None:
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                return None
+            if len(self._addresses) >= _CACHE_LIMIT:
+                self._addresses.clear()
+            found = self._addresses[text] = _Address(str(ip), ip.version, fnv1a32(ip.packed))
+        return found
+
+    def cert_info(self, der: bytes) -> CertInfo:
+        """CertInfo of a DER certificate, parsed once per distinct certificate."""
+        found = self._certs.get(der)
+        if found is None:
+            if len(self._certs) >= _CACHE_LIMIT:
+                self._certs.clear()
+            found = self._certs[der] = cert_info(der)
+        return found
 
     async def _resolve(self, host: str, families: list[int]) -> str:
         host = host.strip("[]")
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:
-            return str(literal)
+        literal = self._address(host)
+        if literal is not None:
+            return literal.text
         name = host.lower().rstrip(".")
         if (name, socket.AF_INET) in self._hosts or (name, socket.AF_INET6) in self._hosts:
             # the hosts file is authoritative for the names it lists (as glibc and Go)
@@ -215,8 +253,6 @@ class Connector:
         verify: bool = True,
     ) -> ssl.SSLObject:
         """Upgrade the connection to TLS (phase ``tls``). Sets ``rec.tls``."""
-        from probes.certs import tls_info  # local: certs depends on cryptography, load lazily
-
         ctx = self.ssl_context(cfg, verify=verify)
         sni = cfg.server_name or server_name
         with rec.phase("tls"):
@@ -224,7 +260,9 @@ class Connector:
         sslobj = writer.get_extra_info("ssl_object")
         if not isinstance(sslobj, ssl.SSLObject):
             rec.fail(Reason.TLS_HANDSHAKE_FAILED, "no TLS session after handshake")
-        rec.tls = tls_info(sslobj, sni, verified=verify and not cfg.insecure_skip_verify)
+        rec.tls = tls_info(
+            sslobj, sni, verified=verify and not cfg.insecure_skip_verify, parse=self.cert_info
+        )
         return sslobj
 
 
