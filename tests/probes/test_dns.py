@@ -332,11 +332,9 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-async def dnsmasq() -> AsyncIterator[str]:
-    if DNSMASQ is None:
-        pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base)")
-    port = free_port()
+async def _start_dnsmasq(port: int) -> asyncio.subprocess.Process | None:
+    """dnsmasq on ``port``; None if the port was taken meanwhile (the caller retries)."""
+    assert DNSMASQ is not None
     proc = await asyncio.create_subprocess_exec(
         DNSMASQ,
         "--no-daemon",
@@ -354,12 +352,28 @@ async def dnsmasq() -> AsyncIterator[str]:
         stderr=asyncio.subprocess.PIPE,
         env={},
     )
+    assert proc.stderr is not None
+    async with asyncio.timeout(10):
+        # dnsmasq logs "started" once its sockets are bound
+        while b"started" not in (line := await proc.stderr.readline()):
+            if not line:
+                await proc.wait()
+                return None  # e.g. "Address already in use": another process won the race
+    return proc
+
+
+@pytest.fixture
+async def dnsmasq() -> AsyncIterator[str]:
+    if DNSMASQ is None:
+        pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base)")
+    proc = None
+    for _ in range(5):  # a just-freed port can be taken again before dnsmasq binds it
+        port = free_port()
+        proc = await _start_dnsmasq(port)
+        if proc is not None:
+            break
+    assert proc is not None, "dnsmasq did not start on any of 5 free ports"
     try:
-        assert proc.stderr is not None
-        async with asyncio.timeout(10):
-            # dnsmasq logs "started" once its sockets are bound
-            while b"started" not in (line := await proc.stderr.readline()):
-                assert line, "dnsmasq exited before it started"
         yield f"127.0.0.1:{port}"
     finally:
         if proc.returncode is None:
