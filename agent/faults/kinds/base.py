@@ -19,11 +19,12 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agent.faults.preflight import Capabilities
-from agent.faults.steps import Plan
+from agent.faults.steps import Kill, Plan, Run, Spawn, output
 from agent.faults.targets import Target
 
 __all__ = [
     "CIDR",
+    "NFT_GONE",
     "QDISC_HANDLE",
     "FaultKind",
     "Interface",
@@ -32,6 +33,9 @@ __all__ = [
     "Percent",
     "Port",
     "Refused",
+    "choose_interface",
+    "link_names",
+    "redirect_proxy_plan",
     "table_name",
 ]
 
@@ -124,3 +128,61 @@ class FaultKind:
         itself if the agent is gone) override this; the others implement ``plan``.
         """
         return self.plan(fault_id, params, target, caps)
+
+
+#: stderr of ``nft delete table`` when the table (or the netns) is already gone: reverted
+NFT_GONE = ("No such file or directory",)
+
+
+def link_names(text: str) -> list[str]:
+    """Interface names from ``ip -o link show``: "2: veth0@if3: <...> ..." -> "veth0"."""
+    names = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            names.append(parts[1].strip().split("@", 1)[0])
+    return names
+
+
+async def choose_interface(
+    kind: str, target: Target, wanted: str | None, *, allow_loopback: bool = False
+) -> str:
+    """The interface a fault applies to: ``wanted`` if the target has it, else the target's
+    only non-loopback interface. Raises Invalid naming what the target has."""
+    links = link_names(await output(("ip", "-o", "link", "show"), target.netns))
+    candidates = [name for name in links if name != "lo" or (allow_loopback and wanted == "lo")]
+    if wanted is None:
+        if len(candidates) != 1:
+            found = ", ".join(candidates) or "none"
+            raise Invalid(
+                [
+                    f"{kind}: interface: {target.spec} has {len(candidates)} non-loopback "
+                    f"interfaces ({found}); name one"
+                ]
+            )
+        return candidates[0]
+    if wanted not in links:
+        raise Invalid(
+            [
+                f"{kind}: interface: {wanted!r} does not exist in {target.spec} "
+                f"(it has: {', '.join(links) or 'none'})"
+            ]
+        )
+    if wanted not in candidates:
+        raise Invalid([f"{kind}: interface: {wanted!r} is loopback; name a real interface"])
+    return wanted
+
+
+def redirect_proxy_plan(
+    helper: Spawn, netns: str, table: str, nft_script: str, facts: dict[str, Any]
+) -> Plan:
+    """A helper process plus an nftables table that redirects traffic into it; reverted by
+    deleting the table first (traffic flows again at once), then stopping the helper."""
+    return Plan(
+        apply=(helper, Run(("nft", "-f", "-"), netns=netns, stdin=nft_script)),
+        revert=(
+            Run(("nft", "delete", "table", "inet", table), netns=netns, ok_stderr=NFT_GONE),
+            Kill(helper.marker),
+        ),
+        facts={"mode": "proxy", "nft_table": f"inet {table}", **facts},
+    )

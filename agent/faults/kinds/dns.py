@@ -42,15 +42,14 @@ import dns.exception
 import dns.name
 from pydantic import AfterValidator, Field, model_validator
 
-from agent.faults.kinds.base import FaultKind, Params, Refused, table_name
+from agent.faults.kinds.base import FaultKind, Params, Refused, redirect_proxy_plan, table_name
 from agent.faults.preflight import Capabilities
 from agent.faults.proxy import HELPER_GID, helper_argv, listen_port
-from agent.faults.steps import MARKER_PREFIX, Kill, Plan, Run, Spawn
+from agent.faults.steps import MARKER_PREFIX, Plan, Spawn
 from agent.faults.targets import Target
 
 __all__ = ["KINDS", "DNSFault", "DNSFaultParams"]
 
-_GONE = ("No such file or directory",)
 MAX_NAMES = 64
 
 
@@ -155,22 +154,12 @@ class DNSFault(FaultKind):
             options += ["--name", name]
         if p.answer is not None:
             options += ["--answer", p.answer]
-        return Plan(
-            apply=(
-                Spawn(helper_argv("dns", fault_id, *options), marker, netns=target.netns),
-                Run(
-                    ("nft", "-f", "-"),
-                    netns=target.netns,
-                    stdin=nft_script(table, p.upstream, port),
-                ),
-            ),
-            revert=(
-                Run(("nft", "delete", "table", "inet", table), netns=target.netns, ok_stderr=_GONE),
-                Kill(marker),
-            ),
-            facts={
-                "mode": "proxy",
-                "nft_table": f"inet {table}",
+        return redirect_proxy_plan(
+            Spawn(helper_argv("dns", fault_id, *options), marker, netns=target.netns),
+            target.netns,
+            table,
+            nft_script(table, p.upstream, port),
+            {
                 "helper_port": port,
                 "upstream": p.upstream,
             },

@@ -35,15 +35,14 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from agent.faults.kinds.base import FaultKind, Params, Port, table_name
+from agent.faults.kinds.base import FaultKind, Params, Port, redirect_proxy_plan, table_name
 from agent.faults.preflight import Capabilities
 from agent.faults.proxy import helper_argv, listen_port
-from agent.faults.steps import MARKER_PREFIX, Kill, Plan, Run, Spawn
+from agent.faults.steps import MARKER_PREFIX, Plan, Spawn
 from agent.faults.targets import Target
 
 __all__ = ["KINDS", "HTTPFault", "HTTPFaultParams"]
 
-_GONE = ("No such file or directory",)
 MAX_DELAY_MS = 600_000
 
 
@@ -91,22 +90,12 @@ class HTTPFault(FaultKind):
             *("--port", str(helper), "--status", str(p.status or 0)),
             *("--delay-ms", str(p.delay_ms), "--percent", f"{p.percent:g}"),
         )
-        return Plan(
-            apply=(
-                Spawn(argv, marker, netns=target.netns),
-                Run(
-                    ("nft", "-f", "-"),
-                    netns=target.netns,
-                    stdin=nft_script(table, p.port, helper),
-                ),
-            ),
-            revert=(
-                Run(("nft", "delete", "table", "inet", table), netns=target.netns, ok_stderr=_GONE),
-                Kill(marker),
-            ),
-            facts={
-                "mode": "proxy",
-                "nft_table": f"inet {table}",
+        return redirect_proxy_plan(
+            Spawn(argv, marker, netns=target.netns),
+            target.netns,
+            table,
+            nft_script(table, p.port, helper),
+            {
                 "helper_port": helper,
                 "direction": "inbound",
             },

@@ -51,15 +51,15 @@ from agent.faults.kinds.base import (
     QDISC_HANDLE,
     FaultKind,
     Interface,
-    Invalid,
     Params,
     Port,
     Refused,
+    choose_interface,
     table_name,
 )
 from agent.faults.preflight import Capabilities
 from agent.faults.proxy import DELAY_MARK, helper_argv, tap_name
-from agent.faults.steps import MARKER_PREFIX, Kill, Plan, Run, Spawn, Step, output
+from agent.faults.steps import MARKER_PREFIX, Kill, Plan, Run, Spawn, Step
 from agent.faults.targets import Target
 
 __all__ = ["KINDS", "Latency", "LatencyParams"]
@@ -95,16 +95,6 @@ class LatencyParams(Params):
         return self
 
 
-def _links(text: str) -> list[str]:
-    # "2: veth0@if3: <BROADCAST,...> mtu 1500 ..." -> "veth0"
-    names = []
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) == 3:
-            names.append(parts[1].strip().split("@", 1)[0])
-    return names
-
-
 class Latency(FaultKind):
     """Delay the packets a target sends: netem where the kernel has it, else a delay line."""
 
@@ -116,24 +106,8 @@ class Latency(FaultKind):
 
     async def prepare(self, params: Any, target: Target) -> Any:
         p: LatencyParams = params
-        links = [n for n in _links(await output(("ip", "-o", "link", "show"), target.netns))]
-        candidates = [n for n in links if n != "lo"]
-        if p.interface is None:
-            if len(candidates) != 1:
-                raise Invalid(
-                    [
-                        f"{self.name}: interface: {target.spec} has {len(candidates)} "
-                        f"non-loopback interfaces ({', '.join(candidates) or 'none'}); name one"
-                    ]
-                )
-            p = p.model_copy(update={"interface": candidates[0]})
-        elif p.interface not in candidates:
-            raise Invalid(
-                [
-                    f"{self.name}: interface: {p.interface!r} is not a non-loopback interface "
-                    f"of {target.spec} (it has: {', '.join(candidates) or 'none'})"
-                ]
-            )
+        interface = await choose_interface(self.name, target, p.interface)
+        p = p.model_copy(update={"interface": interface})
         return p
 
     def plan(self, fault_id: str, params: Any, target: Target, caps: Capabilities) -> Plan:

@@ -42,13 +42,14 @@ from pydantic import AfterValidator, Field, model_validator
 
 from agent.faults.kinds.base import (
     CIDR,
+    NFT_GONE,
     QDISC_HANDLE,
     FaultKind,
     Interface,
-    Invalid,
     Params,
     Port,
     Refused,
+    choose_interface,
     table_name,
 )
 from agent.faults.preflight import Capabilities
@@ -71,7 +72,6 @@ Direction = Literal["egress", "ingress", "both"]
 Protocol = Literal["tcp", "udp", "any"]
 
 #: a revert of a table that is already gone (or whose namespace is gone) has nothing to do
-_NFT_GONE = ("No such file or directory",)
 #: ``tc qdisc del ... root handle 5e15:`` when our qdisc is not there: "Invalid handle" (the
 #: root is someone else's or the default), "handle of zero", a removed device, a gone netns
 _TC_GONE = (
@@ -298,7 +298,7 @@ def _nft_plan(fault_id: str, target: Target, script: str, facts: dict[str, Any])
             Run(
                 ("nft", "delete", "table", "inet", table),
                 netns=target.netns,
-                ok_stderr=_NFT_GONE,
+                ok_stderr=NFT_GONE,
             ),
         ),
         facts={"nft_table": f"inet {table}", **facts},
@@ -380,16 +380,6 @@ class Reject(FaultKind):
 # --- tbf ---------------------------------------------------------------------------------
 
 
-def _link_names(text: str) -> list[str]:
-    # "2: veth0@if3: <BROADCAST,...> mtu 1500 ..." -> "veth0"
-    names = []
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) == 3:
-            names.append(parts[1].strip().split("@", 1)[0])
-    return names
-
-
 class Bandwidth(FaultKind):
     """Cap the rate at which the target sends through one interface.
 
@@ -410,25 +400,8 @@ class Bandwidth(FaultKind):
 
     async def prepare(self, params: Any, target: Target) -> Any:
         p: BandwidthParams = params
-        links = _link_names(await output(("ip", "-o", "link", "show"), target.netns))
-        candidates = [name for name in links if name != "lo"]
-        if p.interface is None:
-            if len(candidates) != 1:
-                found = ", ".join(candidates) or "none"
-                raise Invalid(
-                    [
-                        f"{self.name}: interface: {target.spec} has {len(candidates)} "
-                        f"non-loopback interfaces ({found}); name one"
-                    ]
-                )
-            p = p.model_copy(update={"interface": candidates[0]})
-        elif p.interface not in links:
-            raise Invalid(
-                [
-                    f"{self.name}: interface: {p.interface!r} does not exist in {target.spec} "
-                    f"(it has: {', '.join(links) or 'none'})"
-                ]
-            )
+        interface = await choose_interface(self.name, target, p.interface, allow_loopback=True)
+        p = p.model_copy(update={"interface": interface})
         assert p.interface is not None
         root = await output(("tc", "qdisc", "show", "dev", p.interface, "root"), target.netns)
         # "qdisc noqueue 0: root refcnt 2": handle 0: is the kernel's default, fine to replace
