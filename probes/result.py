@@ -16,10 +16,10 @@ from a closed set. Bugs are exceptions and are never turned into a reason here.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import TracebackType
 from typing import Any, NoReturn
 
 __all__ = [
@@ -215,6 +215,54 @@ class ProbeFailed(Exception):
         self.detail = detail
 
 
+class _Phase:
+    """The context manager behind :meth:`Recorder.phase` (a class: it runs on every probe).
+
+    On a clean exit the phase's time is added and ``current_phase`` cleared. On an
+    ``Exception`` the time is added, ``current_phase`` stays set, and a foreign exception is
+    translated into a ``ProbeFailed``. On a ``BaseException`` that is not an ``Exception``
+    (cancellation, the timeout) nothing is added and ``current_phase`` stays set, so the
+    timeout can be blamed on this phase.
+    """
+
+    __slots__ = ("_name", "_rec", "_start")
+
+    def __init__(self, rec: Recorder, name: str) -> None:
+        self._rec = rec
+        self._name = name
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        rec, name = self._rec, self._name
+        phases = rec.phases
+        if name not in phases:
+            phases[name] = 0.0
+        rec.current_phase = name
+        self._start = time.perf_counter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            rec = self._rec
+            rec.phases[self._name] += time.perf_counter() - self._start
+            rec.current_phase = None
+            return
+        if not isinstance(exc, Exception):
+            return
+        self._rec.phases[self._name] += time.perf_counter() - self._start
+        if isinstance(exc, ProbeFailed):
+            return
+        from probes.errors import translate  # local: errors imports this module
+
+        failure = translate(exc, self._name)
+        if failure is not None:
+            raise failure from exc
+
+
 class Recorder:
     """Collects phases, gauges and TLS facts while one probe runs.
 
@@ -223,48 +271,30 @@ class Recorder:
     is cancelled, so a timeout can be blamed on the phase it hit.
     """
 
-    __slots__ = ("_measurements", "current_phase", "extra", "kind", "peer", "phases", "tls")
+    __slots__ = ("_gauges", "current_phase", "extra", "kind", "peer", "phases", "tls")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.phases: dict[str, float] = {}
-        self._measurements: dict[tuple[str, tuple[tuple[str, str], ...]], Measurement] = {}
+        # (name, labels) -> (value, help); Measurements are built once, in finish(): a probe
+        # sets about twice as many gauges as it reports (precreated, then overwritten)
+        self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, str]] = {}
         self.tls: TLSInfo | None = None
         self.peer: str | None = None
         self.current_phase: str | None = None
         self.extra: dict[str, Any] = {}
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str) -> _Phase:
         """Time a phase; translate foreign exceptions raised in it into a ``ProbeFailed``."""
-        from probes.errors import translate  # local: errors imports this module
-
-        self.phases.setdefault(name, 0.0)
-        self.current_phase = name
-        start = time.perf_counter()
-        try:
-            yield
-        except ProbeFailed:
-            self.phases[name] += time.perf_counter() - start
-            raise
-        except Exception as exc:
-            self.phases[name] += time.perf_counter() - start
-            failure = translate(exc, name)
-            if failure is None:
-                raise
-            raise failure from exc
-        else:
-            self.phases[name] += time.perf_counter() - start
-            self.current_phase = None
+        return _Phase(self, name)
 
     def gauge(self, name: str, value: float, help: str = "", **labels: str) -> None:
         """Set a blackbox-style gauge (overwrites an earlier value with the same labels)."""
-        key_labels = tuple(labels.items())
-        self._measurements[(name, key_labels)] = Measurement(name, float(value), key_labels, help)
+        self._gauges[(name, tuple(labels.items()))] = (float(value), help)
 
     def value(self, name: str, **labels: str) -> float | None:
-        m = self._measurements.get((name, tuple(labels.items())))
-        return None if m is None else m.value
+        entry = self._gauges.get((name, tuple(labels.items())))
+        return None if entry is None else entry[0]
 
     def fail(self, reason: Reason, detail: str) -> NoReturn:
         raise ProbeFailed(reason, detail)
@@ -289,7 +319,9 @@ class Recorder:
             detail=detail,
             duration_seconds=duration,
             phases=dict(self.phases),
-            measurements=tuple(self._measurements.values()),
+            measurements=tuple(
+                [Measurement(n, v, labels, h) for (n, labels), (v, h) in self._gauges.items()]
+            ),
             tls=self.tls,
             peer=self.peer,
             started_at=started_at,
