@@ -19,9 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_AGENT_URL", "AgentClient", "AgentError"]
+__all__ = ["DEFAULT_AGENT_URL", "AgentClient", "AgentError", "resolve_agent_url"]
 
 DEFAULT_AGENT_URL = "http://127.0.0.1:9115"
+
+
+def resolve_agent_url(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The agent URL: the explicit one, else ``$SEISMO_AGENT_URL``, else the local default."""
+    environ = os.environ if env is None else env
+    return (explicit or environ.get("SEISMO_AGENT_URL") or DEFAULT_AGENT_URL).rstrip("/")
 
 
 class AgentError(Exception):
@@ -50,7 +56,7 @@ class AgentClient:
         env: Mapping[str, str] | None = None,
     ) -> AgentClient:
         environ = os.environ if env is None else env
-        base = (url or environ.get("SEISMO_AGENT_URL") or DEFAULT_AGENT_URL).rstrip("/")
+        base = resolve_agent_url(url, environ)
         if not base.startswith(("http://", "https://")):
             raise AgentError(0, [f"agent URL {base!r} must start with http:// or https://"])
         file = token_file or environ.get("SEISMO_TOKEN_FILE")

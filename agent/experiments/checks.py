@@ -10,23 +10,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["DEFAULT_AGENT_URL", "CheckSummary", "resolve_agent_url", "summary_url"]
-
-DEFAULT_AGENT_URL = "http://127.0.0.1:9115"
-
-
-def resolve_agent_url(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
-    """The agent URL: the explicit one, else ``$SEISMO_AGENT_URL``, else the local default."""
-    if explicit:
-        return explicit.rstrip("/")
-    environ = os.environ if env is None else env
-    return environ.get("SEISMO_AGENT_URL", DEFAULT_AGENT_URL).rstrip("/")
+__all__ = ["CheckSummary", "summary_url"]
 
 
 def summary_url(agent_url: str, check: str, window_seconds: float) -> str:

@@ -35,7 +35,8 @@ from typing import Any
 
 import httpx
 
-from agent.experiments.checks import CheckSummary, resolve_agent_url, summary_url
+from agent.client import resolve_agent_url
+from agent.experiments.checks import CheckSummary, summary_url
 from probes import Module, run_probe
 from probes.modules import parse_duration
 

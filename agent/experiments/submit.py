@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from agent.experiments.checks import resolve_agent_url
+from agent.client import AgentClient, AgentError
 from agent.experiments.journal import EXIT_INTERRUPTED, EXIT_INVALID, seismo_extension
 from agent.experiments.progress import ProgressPrinter
 
@@ -60,18 +59,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 class _Refused(Exception):
     """The submission did not start a run (exit 2)."""
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    path = args.token_file or (
-        Path(os.environ["SEISMO_TOKEN_FILE"]) if os.environ.get("SEISMO_TOKEN_FILE") else None
-    )
-    if path is not None:
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise _Refused(f"--token-file {path}: {exc.strerror or exc}") from exc
-    return os.environ.get("SEISMO_TOKEN") or None
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,14 +152,19 @@ class _Follower:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    url = resolve_agent_url(args.agent)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     try:
-        token = _token(args)
+        agent = AgentClient.from_env(
+            args.agent, token_file=str(args.token_file) if args.token_file else None
+        )
         body = _body(args)
+    except AgentError as exc:
+        print(f"seismo submit: {'; '.join(exc.problems)}", file=sys.stderr)
+        return EXIT_INVALID
     except _Refused as exc:
         print(f"seismo submit: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    url, token = agent.url, agent.token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with httpx.Client(base_url=url, headers=headers, timeout=REQUEST_TIMEOUT) as client:
         try:

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import aiohttp
 
-from agent.experiments.checks import CheckSummary, resolve_agent_url, summary_url
+from agent.client import resolve_agent_url
+from agent.experiments.checks import CheckSummary, summary_url
 from agent.experiments.extension import Guardrail, ProbeSource
 from agent.experiments.guardrails import ProbeWindow, Sample, Trip, WindowStats, evaluate, quantile
 from probes import run_probe
