@@ -150,29 +150,30 @@ def capabilities() -> Capabilities:
 
 @dataclass
 class EngineFactory:
+    """Builds FaultEngines over one ledger; every engine it built is cleared at teardown."""
+
     tmp: Path
     caps: Capabilities
+    made: list[FaultEngine] = field(default_factory=list)
 
     def __call__(self, allowed: list[str], **settings: object) -> FaultEngine:
-        return FaultEngine(
+        engine = FaultEngine(
             Ledger(self.tmp / "ledger.jsonl"),
             TargetResolver(allowed),
             FaultSettings(allowed_targets=allowed, **settings),  # type: ignore[arg-type]
             self.caps,
             all_kinds(),
         )
+        self.made.append(engine)
+        return engine
 
 
 @pytest.fixture
-def make_engine(tmp_path: Path, capabilities: Capabilities) -> EngineFactory:
-    """Build a FaultEngine over a ledger in tmp_path; call it with the allowed targets."""
-    return EngineFactory(tmp_path, capabilities)
+async def make_engine(tmp_path: Path, capabilities: Capabilities) -> AsyncIterator[EngineFactory]:
+    """Build a FaultEngine over a ledger in tmp_path; call it with the allowed targets.
 
-
-@pytest.fixture
-async def engine_cleanup() -> AsyncIterator[list[FaultEngine]]:
-    """Engines registered here are cleared at teardown (faults never outlive a test)."""
-    engines: list[FaultEngine] = []
-    yield engines
-    for engine in engines:
+    Faults never outlive a test: every engine built is cleared at teardown."""
+    factory = EngineFactory(tmp_path, capabilities)
+    yield factory
+    for engine in factory.made:
         await engine.clear("test_teardown")

@@ -57,10 +57,9 @@ async def _reason(hosts: Hosts, module: dict[str, Any], timeout: float = 2) -> s
 
 
 async def _apply(
-    hosts: Hosts, make_engine: EngineFactory, cleanup: list[FaultEngine], **params: Any
+    hosts: Hosts, make_engine: EngineFactory, **params: Any
 ) -> tuple[FaultEngine, str]:
     engine = make_engine([hosts.client_target, hosts.server_target])
-    cleanup.append(engine)
     entry = await engine.apply(
         "dns_fault", hosts.client_target, {"upstream": hosts.server_ip, **params}, ttl=60
     )
@@ -69,15 +68,13 @@ async def _apply(
 
 
 async def test_nxdomain_for_one_name_others_still_resolve(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await _serve_dns(hosts)
     www = _module("www.demo.test", REAL)
     assert await _reason(hosts, www) == "success"
 
-    engine, fault = await _apply(
-        hosts, make_engine, engine_cleanup, names=["www.demo.test"], action="nxdomain"
-    )
+    engine, fault = await _apply(hosts, make_engine, names=["www.demo.test"], action="nxdomain")
     assert await _reason(hosts, www) == "dns_rcode"  # valid_rcodes: NOERROR
     assert await _reason(hosts, _module("www.demo.test", REAL, "tcp")) == "dns_rcode"
     assert await _reason(hosts, _module("api.demo.test", "10.0.0.8")) == "success"  # forwarded
@@ -88,13 +85,9 @@ async def test_nxdomain_for_one_name_others_still_resolve(
     assert find_marked(MARKER_PREFIX + fault) == []
 
 
-async def test_timeout_for_a_subtree(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
-) -> None:
+async def test_timeout_for_a_subtree(hosts: Hosts, make_engine: EngineFactory) -> None:
     await _serve_dns(hosts)
-    engine, fault = await _apply(
-        hosts, make_engine, engine_cleanup, names=["*.demo.test"], action="timeout"
-    )
+    engine, fault = await _apply(hosts, make_engine, names=["*.demo.test"], action="timeout")
     assert await _reason(hosts, _module("www.demo.test"), timeout=1) == "timeout"
     assert await _reason(hosts, _module("demo.test"), timeout=1) == "timeout"  # apex included
     # a name outside the subtree is forwarded: the real server refuses it (not its zone)
@@ -106,20 +99,16 @@ async def test_timeout_for_a_subtree(
     assert_clean(hosts.client)
 
 
-async def test_servfail_and_wrong_answer(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
-) -> None:
+async def test_servfail_and_wrong_answer(hosts: Hosts, make_engine: EngineFactory) -> None:
     await _serve_dns(hosts)
     engine, fault = await _apply(
-        hosts, make_engine, engine_cleanup, names=["www.demo.test"], action="answer", answer=WRONG
+        hosts, make_engine, names=["www.demo.test"], action="answer", answer=WRONG
     )
     assert await _reason(hosts, _module("www.demo.test", REAL)) == "dns_answer_mismatch"
     assert await _reason(hosts, _module("www.demo.test", WRONG)) == "success"
     await engine.revert(fault, "rollback")
 
-    engine, fault = await _apply(
-        hosts, make_engine, engine_cleanup, names=["api.demo.test"], action="servfail"
-    )
+    engine, fault = await _apply(hosts, make_engine, names=["api.demo.test"], action="servfail")
     assert await _reason(hosts, _module("api.demo.test")) == "dns_rcode"
     await engine.revert(fault, "rollback")
     assert await _reason(hosts, _module("www.demo.test", REAL)) == "success"
@@ -153,12 +142,10 @@ async def test_servfail_and_wrong_answer(
 async def test_dns_bad_params_apply_nothing(
     hosts: Hosts,
     make_engine: EngineFactory,
-    engine_cleanup: list[FaultEngine],
     params: dict[str, Any],
     problem: str,
 ) -> None:
     engine = make_engine([hosts.client_target])
-    engine_cleanup.append(engine)
     with pytest.raises(FaultInvalid, match=problem):
         await engine.apply("dns_fault", hosts.client_target, params, ttl=60)
     assert engine.active() == []

@@ -47,10 +47,9 @@ print(",".join(map(str, statuses)))
 
 
 async def _apply(
-    hosts: Hosts, make_engine: EngineFactory, cleanup: list[FaultEngine], **params: Any
+    hosts: Hosts, make_engine: EngineFactory, **params: Any
 ) -> tuple[FaultEngine, str]:
     engine = make_engine([hosts.client_target, hosts.server_target])
-    cleanup.append(engine)
     entry = await engine.apply("http_fault", hosts.server_target, {"port": PORT, **params}, ttl=60)
     assert entry.facts["mode"] == "proxy"
     return engine, entry.id
@@ -67,12 +66,12 @@ def _gone(hosts: Hosts, fault_id: str) -> None:
 
 
 async def test_503_for_half_then_all_of_the_requests(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT)
     assert {r["reason"] for r in await _probes(hosts, 5)} == {"success"}
 
-    engine, fault = await _apply(hosts, make_engine, engine_cleanup, status=503, percent=50)
+    engine, fault = await _apply(hosts, make_engine, status=503, percent=50)
     results = await _probes(hosts, COUNT)
     reasons = [r["reason"] for r in results]
     failed = reasons.count("http_status")
@@ -83,18 +82,16 @@ async def test_503_for_half_then_all_of_the_requests(
     await engine.revert(fault, "rollback")
     _gone(hosts, fault)
 
-    engine, fault = await _apply(hosts, make_engine, engine_cleanup, status=503)
+    engine, fault = await _apply(hosts, make_engine, status=503)
     assert {r["reason"] for r in await _probes(hosts, 10)} == {"http_status"}
     await engine.revert(fault, "rollback")
     assert {r["reason"] for r in await _probes(hosts, 5)} == {"success"}
     _gone(hosts, fault)
 
 
-async def test_delay_grows_the_processing_phase(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
-) -> None:
+async def test_delay_grows_the_processing_phase(hosts: Hosts, make_engine: EngineFactory) -> None:
     await hosts.serve_http(PORT)
-    engine, fault = await _apply(hosts, make_engine, engine_cleanup, delay_ms=300)
+    engine, fault = await _apply(hosts, make_engine, delay_ms=300)
     results = await _probes(hosts, 5)
     assert {r["reason"] for r in results} == {"success"}
     assert all(0.3 <= r["phases"]["processing"] < 1.5 for r in results), results
@@ -106,10 +103,10 @@ async def test_delay_grows_the_processing_phase(
 
 
 async def test_kept_alive_connections_are_faulted_per_request(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT)
-    engine, fault = await _apply(hosts, make_engine, engine_cleanup, status=500, percent=10)
+    engine, fault = await _apply(hosts, make_engine, status=500, percent=10)
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", hosts.client, sys.executable, "-c", _KEEPALIVE,
         hosts.server_ip, str(PORT), "200",
@@ -125,10 +122,10 @@ async def test_kept_alive_connections_are_faulted_per_request(
 
 
 async def test_reconcile_kills_an_orphaned_proxy(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine], tmp_path: Path
+    hosts: Hosts, make_engine: EngineFactory, tmp_path: Path
 ) -> None:
     await hosts.serve_http(PORT)
-    crashed, fault = await _apply(hosts, make_engine, engine_cleanup, status=503)
+    crashed, fault = await _apply(hosts, make_engine, status=503)
     assert len(find_marked(MARKER_PREFIX + fault)) == 1
     # the agent died and its ledger is gone too: only the tags (table name, marker) are left
     allowed = [hosts.client_target, hosts.server_target]
@@ -161,12 +158,10 @@ async def test_reconcile_kills_an_orphaned_proxy(
 async def test_http_bad_params_apply_nothing(
     hosts: Hosts,
     make_engine: EngineFactory,
-    engine_cleanup: list[FaultEngine],
     params: dict[str, Any],
     problem: str,
 ) -> None:
     engine = make_engine([hosts.server_target])
-    engine_cleanup.append(engine)
     with pytest.raises(FaultInvalid, match=problem):
         await engine.apply("http_fault", hosts.server_target, params, ttl=60)
     assert engine.active() == []

@@ -24,9 +24,8 @@ OTHER_PORT = 8081
 DELAY = 0.2
 
 
-def _engine(make_engine: EngineFactory, hosts: Hosts, cleanup: list[FaultEngine]) -> FaultEngine:
+def _engine(make_engine: EngineFactory, hosts: Hosts) -> FaultEngine:
     engine = make_engine([hosts.client_target, hosts.server_target])
-    cleanup.append(engine)
     return engine
 
 
@@ -49,11 +48,11 @@ def _assert_gone(hosts: Hosts, fault_id: str) -> None:
 
 
 async def test_latency_proxy_adds_delay_in_connect_phase(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT)
     await hosts.serve_http(OTHER_PORT)
-    engine = _engine(make_engine, hosts, engine_cleanup)
+    engine = _engine(make_engine, hosts)
     before = await _phases(hosts, PORT)
 
     entry = await engine.apply(
@@ -79,11 +78,9 @@ async def test_latency_proxy_adds_delay_in_connect_phase(
     _assert_gone(hosts, entry.id)
 
 
-async def test_latency_jitter_and_peer_filter(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
-) -> None:
+async def test_latency_jitter_and_peer_filter(hosts: Hosts, make_engine: EngineFactory) -> None:
     await hosts.serve_http(PORT)
-    engine = _engine(make_engine, hosts, engine_cleanup)
+    engine = _engine(make_engine, hosts)
     entry = await engine.apply(
         "network_latency",
         hosts.client_target,
@@ -99,7 +96,7 @@ async def test_latency_jitter_and_peer_filter(
 
 
 async def test_reconcile_after_crash_removes_the_delay_line(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT)
     crashed = make_engine([hosts.client_target, hosts.server_target])
@@ -109,7 +106,7 @@ async def test_reconcile_after_crash_removes_the_delay_line(
     assert len(find_marked(MARKER_PREFIX + entry.id)) == 1
     # the agent is SIGKILLed: its helper lives on (own session); a new agent starts over
     # the same ledger and reconciles
-    restarted = _engine(make_engine, hosts, engine_cleanup)
+    restarted = _engine(make_engine, hosts)
     reverted = await restarted.reconcile()
     assert [e.id for e in reverted] == [entry.id]
     _assert_gone(hosts, entry.id)
@@ -131,11 +128,10 @@ async def test_reconcile_after_crash_removes_the_delay_line(
 async def test_latency_bad_params_apply_nothing(
     hosts: Hosts,
     make_engine: EngineFactory,
-    engine_cleanup: list[FaultEngine],
     params: dict[str, Any],
     problem: str,
 ) -> None:
-    engine = _engine(make_engine, hosts, engine_cleanup)
+    engine = _engine(make_engine, hosts)
     with pytest.raises(FaultInvalid, match=problem):
         await engine.apply("network_latency", hosts.client_target, params, ttl=60)
     assert engine.active() == []
@@ -143,9 +139,9 @@ async def test_latency_bad_params_apply_nothing(
 
 
 async def test_forcing_netem_without_netem_is_refused(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
-    engine = _engine(make_engine, hosts, engine_cleanup)
+    engine = _engine(make_engine, hosts)
     if engine.caps.has("netem"):
         pytest.skip("this kernel has netem")
     with pytest.raises(FaultRefused, match="no netem qdisc"):

@@ -40,9 +40,8 @@ PORT_A = 18081
 PORT_B = 18082
 
 
-def _engine(make_engine: EngineFactory, cleanup: list[FaultEngine], *targets: str) -> FaultEngine:
+def _engine(make_engine: EngineFactory, *targets: str) -> FaultEngine:
     engine = make_engine(list(targets))
-    cleanup.append(engine)
     return engine
 
 
@@ -50,11 +49,11 @@ def _engine(make_engine: EngineFactory, cleanup: list[FaultEngine], *targets: st
 
 
 async def test_loss_100_percent_times_out_connects_and_revert_restores(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT_A)
     url = f"http://{hosts.server_ip}:{PORT_A}/"
-    engine = _engine(make_engine, engine_cleanup, hosts.client_target)
+    engine = _engine(make_engine, hosts.client_target)
     assert await probe_one(hosts.client, HTTP, url, 2) == "success"
 
     entry = await engine.apply("network_loss", hosts.client_target, {"percent": 100}, ttl=60)
@@ -72,11 +71,11 @@ async def test_loss_100_percent_times_out_connects_and_revert_restores(
 
 
 async def test_loss_30_percent_drops_about_that_share_of_connects(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT_A)
     target = f"{hosts.server_ip}:{PORT_A}"
-    engine = _engine(make_engine, engine_cleanup, hosts.client_target)
+    engine = _engine(make_engine, hosts.client_target)
     # egress only: a connect fails when its SYN is dropped. The probe timeout (0.4 s) is
     # below the kernel's first SYN retransmission (1 s), so one drop is one failed connect.
     params = {"percent": 30, "direction": "egress", "protocol": "tcp", "port": PORT_A}
@@ -99,13 +98,13 @@ async def test_loss_30_percent_drops_about_that_share_of_connects(
 
 
 async def test_blackhole_of_port_a_leaves_port_b_working(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT_A)
     await hosts.serve_http(PORT_B)
     url_a = f"http://{hosts.server_ip}:{PORT_A}/"
     url_b = f"http://{hosts.server_ip}:{PORT_B}/"
-    engine = _engine(make_engine, engine_cleanup, hosts.client_target)
+    engine = _engine(make_engine, hosts.client_target)
 
     entry = await engine.apply(
         "network_blackhole",
@@ -123,11 +122,11 @@ async def test_blackhole_of_port_a_leaves_port_b_working(
 
 
 async def test_blackhole_of_everything_needs_all_true(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT_A)
     url = f"http://{hosts.server_ip}:{PORT_A}/"
-    engine = _engine(make_engine, engine_cleanup, hosts.server_target)
+    engine = _engine(make_engine, hosts.server_target)
 
     with pytest.raises(FaultInvalid, match=r"needs peer and/or port.*all: true"):
         await engine.apply("network_blackhole", hosts.server_target, {}, ttl=60)
@@ -147,11 +146,11 @@ async def test_blackhole_of_everything_needs_all_true(
 
 @pytest.mark.parametrize("mode", ["reset", "icmp"])
 async def test_reject_refuses_connections(
-    mode: str, hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    mode: str, hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT_A)
     url = f"http://{hosts.server_ip}:{PORT_A}/"
-    engine = _engine(make_engine, engine_cleanup, hosts.client_target)
+    engine = _engine(make_engine, hosts.client_target)
 
     params = {"peer": hosts.server_ip, "port": PORT_A, "mode": mode}
     entry = await engine.apply("network_reject", hosts.client_target, params, ttl=60)
@@ -184,10 +183,10 @@ async def _throughput(hosts: Hosts, port: int) -> float:
 
 
 async def test_bandwidth_cap_slows_a_transfer_to_about_the_cap(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await serve_blob(hosts, PORT_A)
-    engine = _engine(make_engine, engine_cleanup, hosts.server_target)
+    engine = _engine(make_engine, hosts.server_target)
     before = await _throughput(hosts, PORT_A)
 
     # tbf shapes what a target sends: cap the server, which sends the download
@@ -211,9 +210,9 @@ async def test_bandwidth_cap_slows_a_transfer_to_about_the_cap(
 
 
 async def test_bandwidth_checks_the_interface_in_the_target(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
-    engine = _engine(make_engine, engine_cleanup, hosts.server_target)
+    engine = _engine(make_engine, hosts.server_target)
     with pytest.raises(FaultInvalid, match=r"network_bandwidth: interface: 'eth9' does not exist"):
         await engine.apply(
             "network_bandwidth", hosts.server_target, {"rate": CAP, "interface": "eth9"}, ttl=60
@@ -241,9 +240,9 @@ async def test_bandwidth_checks_the_interface_in_the_target(
 
 
 async def test_revert_of_a_fault_whose_namespace_is_gone_succeeds(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
-    engine = _engine(make_engine, engine_cleanup, hosts.client_target, hosts.server_target)
+    engine = _engine(make_engine, hosts.client_target, hosts.server_target)
     loss = await engine.apply("network_loss", hosts.client_target, {"percent": 50}, ttl=60)
     cap = await engine.apply("network_bandwidth", hosts.server_target, {"rate": CAP}, ttl=60)
     sh("ip", "netns", "del", hosts.client)
@@ -256,10 +255,9 @@ async def test_revert_of_a_fault_whose_namespace_is_gone_succeeds(
 
 
 async def test_every_rule_shape_is_accepted_by_the_real_nft(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     engine = make_engine([hosts.client_target], max_concurrent=20)
-    engine_cleanup.append(engine)
     shapes: list[tuple[str, dict[str, Any]]] = [
         ("network_loss", {"percent": 0.5, "peer": "fd00:5e15::/64", "protocol": "udp"}),
         ("network_loss", {"percent": 99.99, "port": 53, "protocol": "udp", "direction": "ingress"}),

@@ -75,15 +75,12 @@ def nothing_recorded(engine: FaultEngine, ledger: Path) -> None:
 # --- process_kill ---------------------------------------------------------------------
 
 
-async def test_kill_hits_the_target_only(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
-) -> None:
+async def test_kill_hits_the_target_only(hosts: Hosts, make_engine: EngineFactory) -> None:
     inside = hosts.spawn(hosts.server, "sleep", "300")
     outside = hosts.spawn(hosts.client, "sleep", "300")  # same name, other namespace
     await started(inside, "sleep")
     await started(outside, "sleep")
     engine = make_engine([hosts.server_target, hosts.client_target])
-    engine_cleanup.append(engine)
 
     entry = await engine.apply("process_kill", hosts.server_target, {"name": "sleep"}, ttl=30)
 
@@ -97,13 +94,12 @@ async def test_kill_hits_the_target_only(
 
 
 async def test_kill_respects_max_processes_and_signal(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     procs = [hosts.spawn(hosts.server, "sleep", "300") for _ in range(3)]
     for proc in procs:
         await started(proc, "sleep")
     engine = make_engine([hosts.server_target])
-    engine_cleanup.append(engine)
     by_pid = {p.pid: p for p in procs}
 
     first = await engine.apply("process_kill", hosts.server_target, {"name": "sleep"}, ttl=30)
@@ -122,16 +118,13 @@ async def test_kill_respects_max_processes_and_signal(
         assert await exited(by_pid[pid]) == -signal.SIGTERM
 
 
-async def test_kill_matches_argv0_and_regex(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
-) -> None:
+async def test_kill_matches_argv0_and_regex(hosts: Hosts, make_engine: EngineFactory) -> None:
     # comm stays "sleep"; argv[0] becomes "seismo-worker-7" (bash's exec -a)
     renamed = hosts.spawn(hosts.server, "bash", "-c", "exec -a seismo-worker-7 sleep 300")
     plain = hosts.spawn(hosts.server, "tail", "-f", "/dev/null")
     await started(renamed, "sleep")
     await started(plain, "tail")
     engine = make_engine([hosts.server_target])
-    engine_cleanup.append(engine)
 
     entry = await engine.apply(
         "process_kill", hosts.server_target, {"name_regex": r"seismo-worker-\d+"}, ttl=30
@@ -354,7 +347,6 @@ async def test_kill_in_a_cgroup_target(
     hosts: Hosts,
     pids_cgroup: str,
     make_engine: EngineFactory,
-    engine_cleanup: list[FaultEngine],
 ) -> None:
     inside = hosts.spawn(hosts.server, "sleep", "300")
     outside = hosts.spawn(hosts.server, "sleep", "300")  # same netns, other cgroup
@@ -364,7 +356,6 @@ async def test_kill_in_a_cgroup_target(
     base = base if base.is_dir() else Path("/sys/fs/cgroup")
     (base / pids_cgroup / "cgroup.procs").write_text(str(inside.pid))
     engine = make_engine([f"cgroup:/{pids_cgroup}"])
-    engine_cleanup.append(engine)
 
     entry = await engine.apply("process_kill", f"cgroup:/{pids_cgroup}", {"name": "sleep"})
 

@@ -102,12 +102,8 @@ def split(pids: list[int]) -> tuple[int, list[int]]:
 
 
 @pytest.fixture
-async def engine(
-    hosts: Hosts, make_engine: EngineFactory, engine_cleanup: list[FaultEngine]
-) -> FaultEngine:
-    made = make_engine([hosts.server_target, hosts.client_target])
-    engine_cleanup.append(made)
-    return made
+def engine(hosts: Hosts, make_engine: EngineFactory) -> FaultEngine:
+    return make_engine([hosts.server_target, hosts.client_target])
 
 
 # --- CPU ------------------------------------------------------------------------------
@@ -158,7 +154,6 @@ async def test_stressor_in_a_cgroup_is_held_to_its_cpu_quota(
     hosts: Hosts,
     cgroups: tuple[str, Path, Path | None],
     make_engine: EngineFactory,
-    engine_cleanup: list[FaultEngine],
 ) -> None:
     name, procs_dir, cpu_dir = cgroups
     if cpu_dir is None:
@@ -169,7 +164,6 @@ async def test_stressor_in_a_cgroup_is_held_to_its_cpu_quota(
     await wait_for(lambda: Path(f"/proc/{member.pid}/comm").read_text() == "sleep\n", "sleep")
     (procs_dir / "cgroup.procs").write_text(str(member.pid))
     engine = make_engine([f"cgroup:/{name}"])
-    engine_cleanup.append(engine)
 
     entry = await engine.apply("stress_cpu", f"cgroup:/{name}", {"workers": 1, "load": 100}, ttl=60)
     pids = find_marked(marker(entry.id))
