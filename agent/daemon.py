@@ -188,8 +188,7 @@ class Agent:
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _announce_start(self) -> None:
-        host = self.listen[0] or "0.0.0.0"  # noqa: S104 - display only
-        base = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        base = self.url()
         source = self.config_path or DEFAULT_CONFIG_NAME
         self._announce(f"seismo agent: {len(self.config.checks)} checks from {source}")
         self._announce(f"  metrics  {base}/metrics")
