@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.daemon import Agent
 from agent.demo import demo_app
 from agent.server import bound_port
+from tests.waiting import until
 
 
 @dataclass
@@ -55,12 +56,6 @@ async def hanging_target() -> AsyncIterator[Target]:
             w.close()
         server.close()
         await server.wait_closed()
-
-
-async def until(predicate: Callable[[], object], limit: float = 10.0) -> None:
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent.conftest import Target
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).parent.parent.parent
 SEISMO = [sys.executable, "-m", "agent"]
@@ -115,13 +116,8 @@ class Agent:
                     out[s.labels["check"]] = s.value
         return out
 
-    def wait_for(self, predicate: object, limit: float = 30) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if predicate():  # type: ignore[operator]
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"condition not met within {limit}s; output: {self.lines}")
+    def wait_for(self, predicate: Callable[[], object], limit: float = 30) -> None:
+        wait_until(predicate, limit, what=f"agent output: {self.lines}")
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ import pytest
 from agent.scheduler import CheckSpec, Scheduler, slot_offset
 from probes.modules import Module
 from probes.result import ProbeResult, Reason, Recorder
+from tests.waiting import until
 
 HTTP = Module.model_validate({"prober": "http"})
 
@@ -33,13 +34,6 @@ def spec(name: str, interval: float = 0.1, timeout: float = 0.1) -> CheckSpec:
 
 def ok(target: str) -> ProbeResult:
     return Recorder("http").finish(target, Reason.SUCCESS, "", 0.001, time.time())
-
-
-async def until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    """Wait (bounded) until ``predicate`` holds; fail the test if it never does."""
-    async with asyncio.timeout(limit):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 @contextlib.asynccontextmanager

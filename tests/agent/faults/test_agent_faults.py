@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.agent.faults.conftest import ENV, Hosts, sh
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).parent.parent.parent.parent
 TOKEN = "fault-test-token-0123456789"
@@ -33,15 +34,6 @@ EXPERIMENT = ROOT / "experiments" / "network-partition-guardrail.yaml"
 
 def _pyenv() -> dict[str, str]:
     return {**ENV, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-
-
-def wait_for(predicate: Callable[[], object], limit: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {limit}s: {what}")
 
 
 def seismo_tables(netns: str) -> list[str]:
@@ -354,7 +346,7 @@ async def test_sigterm_of_a_run_reverts_through_its_rollback(
     await hosts.serve_http(8080)
     # the partition hits an address nobody uses, so the guardrail stays quiet and the run waits
     proc = run_experiment(ns_agent, hosts, tmp_path, "10.211.250.99")
-    wait_for(lambda: ns_agent.faults(), 60, "the run applied its fault")
+    wait_until(lambda: ns_agent.faults(), 60, what="the run applied its fault")
     os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, out + err
@@ -372,11 +364,11 @@ async def test_sigkill_of_a_run_trips_the_dead_mans_switch(
 ) -> None:
     await hosts.serve_http(8080)
     proc = run_experiment(ns_agent, hosts, tmp_path, "10.211.250.99")
-    wait_for(lambda: ns_agent.faults(), 60, "the run applied its fault")
+    wait_until(lambda: ns_agent.faults(), 60, what="the run applied its fault")
     fault_id = ns_agent.faults()[0]["id"]
     os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and its runner: no rollback at all
     proc.communicate(timeout=30)
-    wait_for(lambda: not ns_agent.faults(), 30, "the dead man's switch reverted the fault")
+    wait_until(lambda: not ns_agent.faults(), 30, what="the dead man's switch reverted the fault")
     fault = ns_agent.api(f"/api/v1/faults/{fault_id}")
     assert fault["end_reason"] == "dead_man"
     assert seismo_tables(hosts.client) == []

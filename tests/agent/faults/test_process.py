@@ -6,14 +6,13 @@ created; the fixtures kill them and delete the namespaces at teardown.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from agent.faults.preflight import Capabilities
 from agent.faults.settings import FaultSettings
 from agent.faults.targets import Target, TargetResolver
 from tests.agent.faults.conftest import EngineFactory, Hosts
+from tests.waiting import until
 
 WAIT = 5.0
 
@@ -38,16 +38,6 @@ def state(pid: int) -> str:
         return ""
 
 
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll ``predicate`` (cheap /proc reads) until true; fail after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def started(proc: subprocess.Popen[bytes], comm: str) -> int:
     """Wait until ``ip netns exec`` has exec'd into the program (its comm is ``comm``)."""
 
@@ -57,12 +47,12 @@ async def started(proc: subprocess.Popen[bytes], comm: str) -> int:
         except OSError:
             return False
 
-    await wait_for(ready, f"pid {proc.pid} to become {comm}")
+    await until(ready, WAIT, what=f"pid {proc.pid} to become {comm}")
     return proc.pid
 
 
 async def exited(proc: subprocess.Popen[bytes]) -> int:
-    await wait_for(lambda: proc.poll() is not None, f"pid {proc.pid} to exit")
+    await until(lambda: proc.poll() is not None, WAIT, what=f"pid {proc.pid} to exit")
     assert proc.returncode is not None
     return proc.returncode
 
@@ -256,11 +246,11 @@ async def test_pause_and_every_way_of_resuming(
     async def pause(**kw: object) -> str:
         entry = await engine.apply("process_pause", target, {"name_regex": "sl(ee)?p"}, **kw)  # type: ignore[arg-type]
         assert entry.facts["paused"] == [pid]
-        await wait_for(lambda: state(pid) == "T", "the process to stop")
+        await until(lambda: state(pid) == "T", WAIT, what="the process to stop")
         return entry.id
 
     async def resumed() -> None:
-        await wait_for(lambda: state(pid) in ("S", "R"), "the process to run again")
+        await until(lambda: state(pid) in ("S", "R"), WAIT, what="the process to run again")
 
     # rollback
     fault = await pause(ttl=60)
@@ -306,7 +296,7 @@ async def test_resume_never_signals_a_recycled_pid(
     proc = hosts.spawn(hosts.server, "sleep", "300")
     pid = await started(proc, "sleep")
     entry = await engine.apply("process_pause", hosts.server_target, {"name": "sleep"}, ttl=60)
-    await wait_for(lambda: state(pid) == "T", "the process to stop")
+    await until(lambda: state(pid) == "T", WAIT, what="the process to stop")
     proc.kill()
     await exited(proc)
     reverted = await engine.revert(entry.id, "rollback")  # the pid is gone: skipped, not an error

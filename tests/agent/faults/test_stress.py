@@ -29,18 +29,10 @@ from agent.faults.settings import FaultSettings
 from agent.faults.steps import find_marked
 from agent.faults.targets import TargetResolver
 from tests.agent.faults.conftest import EngineFactory, Hosts
+from tests.waiting import until
 
 WAIT = 10.0
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -145,7 +137,9 @@ async def test_cpu_workers_die_with_a_killed_stressor(hosts: Hosts, engine: Faul
 
     os.kill(stressor, signal.SIGKILL)  # no SIGTERM handler runs: only the kernel can help
 
-    await wait_for(lambda: find_marked(marker(entry.id)) == [], "the orphaned workers to die")
+    await until(
+        lambda: find_marked(marker(entry.id)) == [], WAIT, what="the orphaned workers to die"
+    )
     reverted = await engine.revert(entry.id, "rollback")  # nothing left to kill: still fine
     assert reverted is not None and reverted.state == "reverted"
 
@@ -161,7 +155,9 @@ async def test_stressor_in_a_cgroup_is_held_to_its_cpu_quota(
     (cpu_dir / "cpu.cfs_period_us").write_text("100000")
     (cpu_dir / "cpu.cfs_quota_us").write_text("20000")  # 20 % of one CPU
     member = hosts.spawn(hosts.server, "sleep", "300")
-    await wait_for(lambda: Path(f"/proc/{member.pid}/comm").read_text() == "sleep\n", "sleep")
+    await until(
+        lambda: Path(f"/proc/{member.pid}/comm").read_text() == "sleep\n", WAIT, what="sleep"
+    )
     (procs_dir / "cgroup.procs").write_text(str(member.pid))
     engine = make_engine([f"cgroup:/{name}"])
 
@@ -344,9 +340,9 @@ async def test_stressor_exits_by_itself_at_max_seconds(
     stressors.append(proc)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     assert len(find_marked(mark)) == 2
-    await wait_for(lambda: proc.poll() is not None, "the stressor to exit")
+    await until(lambda: proc.poll() is not None, WAIT, what="the stressor to exit")
     assert proc.returncode == 0
-    await wait_for(lambda: find_marked(mark) == [], "its worker to exit")
+    await until(lambda: find_marked(mark) == [], WAIT, what="its worker to exit")
 
 
 async def test_stressor_stops_on_sigterm(stressors: list[subprocess.Popen[str]]) -> None:
@@ -355,7 +351,7 @@ async def test_stressor_stops_on_sigterm(stressors: list[subprocess.Popen[str]])
     stressors.append(proc)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGTERM)
-    await wait_for(lambda: proc.poll() is not None, "the stressor to exit")
+    await until(lambda: proc.poll() is not None, WAIT, what="the stressor to exit")
     assert proc.returncode == 0
     assert find_marked(mark) == []
 
