@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 audit = logging.getLogger("seismo.audit")
 
 TICK = 0.25
+#: reverted faults kept in memory for GET /api/v1/faults/{id}; older ones are dropped
+HISTORY = 1000
+#: the ledger is compacted (when nothing is active) once it is larger than this
+LEDGER_COMPACT_BYTES = 1 << 20
 
 
 class FaultError(Exception):
@@ -282,7 +286,22 @@ class FaultEngine:
             entry.target,
             reason,
         )
+        self._forget_old()
         return entry
+
+    def _forget_old(self) -> None:
+        """Bound what a long-running agent keeps: the history in memory, and the ledger file
+        (its recent history stays readable; past LEDGER_COMPACT_BYTES it is compacted as soon
+        as nothing is active, so it never grows with every fault ever applied)."""
+        ended = [i for i, e in self._entries.items() if not e.active]
+        for fault_id in ended[: max(0, len(ended) - HISTORY)]:
+            del self._entries[fault_id]
+        if (
+            not self.ledger_problems
+            and self._ledger.size() > LEDGER_COMPACT_BYTES
+            and not any(e.active for e in self._entries.values())
+        ):
+            self._ledger.compact(self._entries)
 
     async def clear(self, reason: str = "kill_switch") -> list[FaultEntry]:
         """The kill switch: revert every active fault now."""

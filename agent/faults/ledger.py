@@ -231,6 +231,13 @@ class Ledger:
         else:
             raise ValueError(f"unknown ledger event {event!r}")
 
+    def size(self) -> int:
+        """The ledger file's size in bytes (0 when there is none yet)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def compact(self, entries: dict[str, FaultEntry]) -> None:
         """Rewrite the ledger with only the active entries (atomic; fsynced)."""
         with self._lock:

@@ -14,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.faults.engine import FaultEngine
-from agent.faults.kinds import all_kinds
+from agent.faults.kinds import FaultKind, all_kinds
 from agent.faults.ledger import Ledger
 from agent.faults.preflight import Capabilities, detect
 from agent.faults.settings import FaultSettings
@@ -152,20 +154,38 @@ def capabilities() -> Capabilities:
 class EngineFactory:
     """Builds FaultEngines over one ledger; every engine it built is cleared at teardown."""
 
-    tmp: Path
+    ledger: Path
     caps: Capabilities
     made: list[FaultEngine] = field(default_factory=list)
 
-    def __call__(self, allowed: list[str], **settings: object) -> FaultEngine:
+    def __call__(
+        self,
+        allowed: list[str],
+        *,
+        clock: Callable[[], float] | None = None,
+        kinds: Mapping[str, FaultKind] | None = None,
+        caps: Capabilities | None = None,
+        **settings: Any,
+    ) -> FaultEngine:
         engine = FaultEngine(
-            Ledger(self.tmp / "ledger.jsonl"),
+            Ledger(self.ledger),
             TargetResolver(allowed),
-            FaultSettings(allowed_targets=allowed, **settings),  # type: ignore[arg-type]
-            self.caps,
-            all_kinds(),
+            FaultSettings(allowed_targets=allowed, **settings),
+            self.caps if caps is None else caps,
+            all_kinds() if kinds is None else kinds,
+            **({"clock": clock} if clock is not None else {}),
         )
         self.made.append(engine)
         return engine
+
+    def events(self) -> list[tuple[str, str]]:
+        """(event, fault id) of every ledger line, in order."""
+        out = []
+        for line in self.ledger.read_text().splitlines():
+            record = json.loads(line)
+            fault_id = record["entry"]["id"] if record["event"] == "intent" else record["id"]
+            out.append((record["event"], fault_id))
+        return out
 
 
 @pytest.fixture
@@ -173,7 +193,7 @@ async def make_engine(tmp_path: Path, capabilities: Capabilities) -> AsyncIterat
     """Build a FaultEngine over a ledger in tmp_path; call it with the allowed targets.
 
     Faults never outlive a test: every engine built is cleared at teardown."""
-    factory = EngineFactory(tmp_path, capabilities)
+    factory = EngineFactory(tmp_path / "faults" / "ledger.jsonl", capabilities)
     yield factory
     for engine in factory.made:
         await engine.clear("test_teardown")

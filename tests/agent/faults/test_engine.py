@@ -13,22 +13,19 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.faults.engine import FaultEngine, FaultFailed, FaultInvalid, FaultRefused
-from agent.faults.kinds import all_kinds
-from agent.faults.kinds.base import FaultKind
+from agent.faults import engine as engine_module
+from agent.faults.engine import FaultFailed, FaultInvalid, FaultRefused
 from agent.faults.kinds.network import Loss
 from agent.faults.ledger import Ledger
 from agent.faults.preflight import Capabilities
-from agent.faults.settings import FaultSettings
 from agent.faults.steps import Plan, Run
-from agent.faults.targets import Target, TargetResolver
-from tests.agent.faults.conftest import Hosts, sh
+from agent.faults.targets import Target
+from tests.agent.faults.conftest import EngineFactory, Hosts, sh
 from tests.agent.faults.netcheck import (
     HTTP,
     all_tables,
@@ -52,52 +49,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Engines:
-    """Builds engines over one ledger file; every engine is cleared at teardown."""
-
-    def __init__(self, path: Path, caps: Capabilities) -> None:
-        self.path = path
-        self.caps = caps
-        self.built: list[FaultEngine] = []
-
-    def __call__(
-        self,
-        allowed: list[str],
-        *,
-        clock: Clock | None = None,
-        kinds: Mapping[str, FaultKind] | None = None,
-        caps: Capabilities | None = None,
-        **settings: Any,
-    ) -> FaultEngine:
-        engine = FaultEngine(
-            Ledger(self.path),
-            TargetResolver(allowed),
-            FaultSettings(allowed_targets=allowed, **settings),
-            self.caps if caps is None else caps,
-            all_kinds() if kinds is None else kinds,
-            **({"clock": clock} if clock is not None else {}),
-        )
-        self.built.append(engine)
-        return engine
-
-    def events(self) -> list[tuple[str, str]]:
-        """(event, fault id) of every ledger line, in order."""
-        out = []
-        for line in self.path.read_text().splitlines():
-            record = json.loads(line)
-            fault_id = record["entry"]["id"] if record["event"] == "intent" else record["id"]
-            out.append((record["event"], fault_id))
-        return out
-
-
-@pytest.fixture
-async def engines(tmp_path: Path, capabilities: Capabilities) -> AsyncIterator[Engines]:
-    factory = Engines(tmp_path / "faults" / "ledger.jsonl", capabilities)
-    yield factory
-    for engine in factory.built:
-        await engine.clear("test_teardown")
 
 
 LOSS = {"percent": 100}
@@ -132,27 +83,29 @@ class _FailsHalfway(Loss):
 
 
 async def test_the_intent_and_its_inverse_are_durable_before_any_apply_step(
-    hosts: Hosts, engines: Engines
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
-    engine = engines([hosts.client_target], kinds={"witnessed_loss": _LedgerWitness(engines.path)})
+    engine = make_engine(
+        [hosts.client_target], kinds={"witnessed_loss": _LedgerWitness(make_engine.ledger)}
+    )
     entry = await engine.apply("witnessed_loss", hosts.client_target, LOSS, ttl=60)
     assert entry.state == "applied"
-    intent = json.loads(engines.path.read_text().splitlines()[0])
+    intent = json.loads(make_engine.ledger.read_text().splitlines()[0])
     assert intent["event"] == "intent"
     assert intent["entry"]["revert"][0]["argv"][:3] == ["nft", "delete", "table"]
-    assert engines.events() == [("intent", entry.id), ("applied", entry.id)]
+    assert make_engine.events() == [("intent", entry.id), ("applied", entry.id)]
     await engine.revert(entry.id, "rollback")
     assert_clean(hosts.client)
 
 
 async def test_a_failed_apply_is_recorded_and_its_inverse_runs_at_once(
-    hosts: Hosts, engines: Engines
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
-    engine = engines([hosts.client_target], kinds={"failing_loss": _FailsHalfway()})
+    engine = make_engine([hosts.client_target], kinds={"failing_loss": _FailsHalfway()})
     with pytest.raises(FaultFailed, match=r"applying failing_loss to netns:.* failed: false"):
         await engine.apply("failing_loss", hosts.client_target, LOSS, ttl=60)
-    (fault_id,) = {fault_id for _, fault_id in engines.events()}
-    assert engines.events() == [
+    (fault_id,) = {fault_id for _, fault_id in make_engine.events()}
+    assert make_engine.events() == [
         ("intent", fault_id),
         ("failed", fault_id),
         ("reverted", fault_id),
@@ -164,9 +117,9 @@ async def test_a_failed_apply_is_recorded_and_its_inverse_runs_at_once(
 # --- TTL, dead man's switch, kill switch ---------------------------------------------------
 
 
-async def test_ttl_expiry_reverts(hosts: Hosts, engines: Engines) -> None:
+async def test_ttl_expiry_reverts(hosts: Hosts, make_engine: EngineFactory) -> None:
     clock = Clock()
-    engine = engines([hosts.client_target], clock=clock)
+    engine = make_engine([hosts.client_target], clock=clock)
     entry = await engine.apply("network_loss", hosts.client_target, LOSS, ttl=10)
     clock.now += 9
     await engine.tick()
@@ -182,10 +135,10 @@ async def test_ttl_expiry_reverts(hosts: Hosts, engines: Engines) -> None:
 
 
 async def test_dead_mans_switch_reverts_a_silent_run_and_keeps_a_live_one(
-    hosts: Hosts, engines: Engines
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     clock = Clock()
-    engine = engines(
+    engine = make_engine(
         [hosts.client_target, hosts.server_target], clock=clock, heartbeat_timeout="30s"
     )
     silent = await engine.apply("network_loss", hosts.client_target, LOSS, ttl=600, owner="run:x")
@@ -202,8 +155,8 @@ async def test_dead_mans_switch_reverts_a_silent_run_and_keeps_a_live_one(
     assert len(seismo_tables(hosts.server)) == 1
 
 
-async def test_kill_switch_reverts_everything_now(hosts: Hosts, engines: Engines) -> None:
-    engine = engines([hosts.client_target, hosts.server_target])
+async def test_kill_switch_reverts_everything_now(hosts: Hosts, make_engine: EngineFactory) -> None:
+    engine = make_engine([hosts.client_target, hosts.server_target])
     await engine.apply("network_loss", hosts.client_target, {"percent": 5}, ttl=600)
     await engine.apply("network_blackhole", hosts.client_target, {"port": 9}, ttl=600)
     await engine.apply("network_bandwidth", hosts.server_target, {"rate": "10mbit"}, ttl=600)
@@ -219,18 +172,18 @@ async def test_kill_switch_reverts_everything_now(hosts: Hosts, engines: Engines
 
 
 async def test_reconcile_after_a_crash_reverts_what_the_ledger_holds(
-    hosts: Hosts, engines: Engines
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
     await hosts.serve_http(PORT)
     url = f"http://{hosts.server_ip}:{PORT}/"
-    crashed = engines([hosts.client_target, hosts.server_target])
+    crashed = make_engine([hosts.client_target, hosts.server_target])
     loss = await crashed.apply("network_loss", hosts.client_target, LOSS, ttl=600)
     cap = await crashed.apply("network_bandwidth", hosts.server_target, {"rate": "1mbit"}, ttl=600)
-    engines.built.remove(crashed)  # gone without reverting: a kill -9 of the agent
+    make_engine.made.remove(crashed)  # gone without reverting: a kill -9 of the agent
     del crashed
     assert await probe_one(hosts.client, HTTP, url, 1) == "connect_timeout"
 
-    restarted = engines([hosts.client_target, hosts.server_target])
+    restarted = make_engine([hosts.client_target, hosts.server_target])
     reverted = await restarted.reconcile()
     assert {(e.id, e.end_reason) for e in reverted} == {
         (loss.id, "reconcile"),
@@ -239,10 +192,12 @@ async def test_reconcile_after_a_crash_reverts_what_the_ledger_holds(
     assert_clean(hosts.client, hosts.server)
     assert await probe_one(hosts.client, HTTP, url, 2) == "success"
     # compacted: nothing active is left in the file
-    assert engines.path.read_text() == ""
+    assert make_engine.ledger.read_text() == ""
 
 
-async def test_orphan_sweep_removes_only_what_is_seismos(hosts: Hosts, engines: Engines) -> None:
+async def test_orphan_sweep_removes_only_what_is_seismos(
+    hosts: Hosts, make_engine: EngineFactory
+) -> None:
     # left behind with no ledger entry (e.g. a crash between apply and the ledger's fsync)
     sh("nft", "add", "table", "inet", "seismo_orphan", netns=hosts.client)
     sh("nft", "add", "table", "inet", "not_ours", netns=hosts.client)
@@ -255,7 +210,7 @@ async def test_orphan_sweep_removes_only_what_is_seismos(hosts: Hosts, engines: 
         hosts.client, sys.executable, "-c", "import time; time.sleep(60)", "seismo-fault=orphan-1"
     )
 
-    engine = engines([hosts.client_target, hosts.server_target])
+    engine = make_engine([hosts.client_target, hosts.server_target])
     assert await engine.reconcile() == []
     assert_clean(hosts.client, hosts.server)
     assert all_tables(hosts.client) == ["table inet not_ours"]
@@ -263,7 +218,7 @@ async def test_orphan_sweep_removes_only_what_is_seismos(hosts: Hosts, engines: 
 
 
 async def test_reconcile_after_a_real_sigkill_of_the_process_holding_the_engine(
-    hosts: Hosts, engines: Engines, capabilities: Capabilities
+    hosts: Hosts, make_engine: EngineFactory, capabilities: Capabilities
 ) -> None:
     await hosts.serve_http(PORT)
     url = f"http://{hosts.server_ip}:{PORT}/"
@@ -289,7 +244,7 @@ async def test_reconcile_after_a_real_sigkill_of_the_process_holding_the_engine(
     )
     agent = subprocess.Popen(
         (
-            sys.executable, "-c", code, str(engines.path), hosts.client_target,
+            sys.executable, "-c", code, str(make_engine.ledger), hosts.client_target,
             json.dumps(sorted(capabilities.present)), str(PORT),
         ),
         stdout=subprocess.PIPE,
@@ -310,7 +265,7 @@ async def test_reconcile_after_a_real_sigkill_of_the_process_holding_the_engine(
     assert len(seismo_tables(hosts.client)) == 1
     assert await probe_one(hosts.client, HTTP, url, 1) == "connect_timeout"
 
-    restarted = engines([hosts.client_target])
+    restarted = make_engine([hosts.client_target])
     reverted = await restarted.reconcile()
     assert [(e.id, e.end_reason) for e in reverted] == [(fault_id, "reconcile")]
     assert_clean(hosts.client)
@@ -340,7 +295,7 @@ async def test_bad_input_is_refused_and_nothing_is_applied(
     ttl: float,
     message: str,
     hosts: Hosts,
-    engines: Engines,
+    make_engine: EngineFactory,
 ) -> None:
     spec = {
         "client": hosts.client_target,
@@ -348,17 +303,17 @@ async def test_bad_input_is_refused_and_nothing_is_applied(
         "missing": "netns:st-missing-1",
         "bogus": "/proc/1/ns/net",
     }[target]
-    engine = engines([hosts.client_target, "netns:st-missing-*"], max_ttl="1h")
+    engine = make_engine([hosts.client_target, "netns:st-missing-*"], max_ttl="1h")
     with pytest.raises(FaultInvalid) as caught:
         await engine.apply(kind, spec, params, ttl=ttl)
     assert message in str(caught.value), str(caught.value)
-    assert not engines.path.exists()  # the ledger is untouched
+    assert not make_engine.ledger.exists()  # the ledger is untouched
     assert engine.active() == []
     assert all_tables(hosts.client) == [] and all_tables(hosts.server) == []
 
 
-async def test_max_concurrent_refuses_one_more(hosts: Hosts, engines: Engines) -> None:
-    engine = engines([hosts.client_target], max_concurrent=1)
+async def test_max_concurrent_refuses_one_more(hosts: Hosts, make_engine: EngineFactory) -> None:
+    engine = make_engine([hosts.client_target], max_concurrent=1)
     await engine.apply("network_loss", hosts.client_target, {"percent": 1}, ttl=60)
     with pytest.raises(FaultRefused, match=r"faults.max_concurrent \(1\)"):
         await engine.apply("network_blackhole", hosts.client_target, {"port": 9}, ttl=60)
@@ -366,67 +321,90 @@ async def test_max_concurrent_refuses_one_more(hosts: Hosts, engines: Engines) -
     assert engine.stats.refused == {"network_blackhole": 1}
 
 
-async def test_a_missing_capability_is_refused_by_name(hosts: Hosts, engines: Engines) -> None:
+async def test_a_missing_capability_is_refused_by_name(
+    hosts: Hosts, make_engine: EngineFactory
+) -> None:
     caps = Capabilities(
         frozenset({"root", "nsenter", "netns"}), {"nftables": "nft: command not found"}
     )
-    engine = engines([hosts.client_target], caps=caps)
+    engine = make_engine([hosts.client_target], caps=caps)
     with pytest.raises(FaultRefused, match="cannot apply network_loss: missing nftables: nft: co"):
         await engine.apply("network_loss", hosts.client_target, LOSS, ttl=60)
     with pytest.raises(FaultRefused, match="missing tbf: not available"):
         await engine.apply("network_bandwidth", hosts.client_target, {"rate": "1mbit"}, ttl=60)
-    assert not engines.path.exists()
+    assert not make_engine.ledger.exists()
     assert_clean(hosts.client)
 
 
 # --- the ledger file -----------------------------------------------------------------------
 
 
-async def test_a_torn_last_line_is_tolerated_and_repaired(hosts: Hosts, engines: Engines) -> None:
-    crashed = engines([hosts.client_target])
+async def test_a_torn_last_line_is_tolerated_and_repaired(
+    hosts: Hosts, make_engine: EngineFactory
+) -> None:
+    crashed = make_engine([hosts.client_target])
     entry = await crashed.apply("network_loss", hosts.client_target, LOSS, ttl=600)
-    engines.built.remove(crashed)
-    with engines.path.open("a") as f:
+    make_engine.made.remove(crashed)
+    with make_engine.ledger.open("a") as f:
         f.write('{"event":"reverted","id":"' + entry.id)  # the crash hit mid-write
 
-    ledger = Ledger(engines.path)
+    ledger = Ledger(make_engine.ledger)
     assert ledger.load()[entry.id].state == "applied"  # the torn line is ignored
     # the next append starts on a fresh line: the torn bytes never swallow a real record
     ledger.reverted(entry.id, "rollback")
     assert ledger.load()[entry.id].state == "reverted"
-    assert all(json.loads(line) for line in engines.path.read_text().splitlines())
+    assert all(json.loads(line) for line in make_engine.ledger.read_text().splitlines())
     sh("nft", "delete", "table", "inet", f"seismo_{entry.id.replace('-', '_')}", netns=hosts.client)
 
 
-async def test_a_torn_last_line_does_not_stop_reconcile(hosts: Hosts, engines: Engines) -> None:
-    crashed = engines([hosts.client_target])
+async def test_a_torn_last_line_does_not_stop_reconcile(
+    hosts: Hosts, make_engine: EngineFactory
+) -> None:
+    crashed = make_engine([hosts.client_target])
     entry = await crashed.apply("network_loss", hosts.client_target, LOSS, ttl=600)
-    engines.built.remove(crashed)
-    with engines.path.open("a") as f:
+    make_engine.made.remove(crashed)
+    with make_engine.ledger.open("a") as f:
         f.write('{"event":"reve')
 
-    restarted = engines([hosts.client_target])
+    restarted = make_engine([hosts.client_target])
     assert [e.id for e in await restarted.reconcile()] == [entry.id]
     assert restarted.ledger_problems == []
     assert_clean(hosts.client)
 
 
 async def test_a_corrupt_middle_line_is_kept_reported_and_does_not_hide_faults(
-    hosts: Hosts, engines: Engines
+    hosts: Hosts, make_engine: EngineFactory
 ) -> None:
-    crashed = engines([hosts.client_target])
+    crashed = make_engine([hosts.client_target])
     first = await crashed.apply("network_loss", hosts.client_target, {"percent": 5}, ttl=600)
-    with engines.path.open("a") as f:
+    with make_engine.ledger.open("a") as f:
         f.write("this line is not JSON\n")
     second = await crashed.apply("network_blackhole", hosts.client_target, {"port": 9}, ttl=600)
-    engines.built.remove(crashed)
+    make_engine.made.remove(crashed)
 
-    restarted = engines([hosts.client_target])
+    restarted = make_engine([hosts.client_target])
     reverted = await restarted.reconcile()
     # both faults around the bad line are reverted, not forgotten
     assert sorted(e.id for e in reverted) == sorted([first.id, second.id])
     assert_clean(hosts.client)
     assert len(restarted.ledger_problems) == 1
-    assert f"{engines.path}:3:" in restarted.ledger_problems[0]
+    assert f"{make_engine.ledger}:3:" in restarted.ledger_problems[0]
     # the bad line stays in the file for a person to look at
-    assert "this line is not JSON\n" in engines.path.read_text()
+    assert "this line is not JSON\n" in make_engine.ledger.read_text()
+
+
+async def test_a_long_running_engine_bounds_its_history_and_ledger(
+    hosts: Hosts, make_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "HISTORY", 2)
+    monkeypatch.setattr(engine_module, "LEDGER_COMPACT_BYTES", 0)
+    engine = make_engine([hosts.client_target])
+    ids = []
+    for _ in range(3):
+        entry = await engine.apply("network_loss", hosts.client_target, LOSS, ttl=60)
+        await engine.revert(entry.id, "rollback")
+        ids.append(entry.id)
+    assert engine.get(ids[0]) is None  # the oldest history is dropped
+    assert [engine.get(i).state for i in ids[1:]] == ["reverted", "reverted"]  # type: ignore[union-attr]
+    assert make_engine.events() == []  # compacted once nothing was active
+    assert_clean(hosts.client)
