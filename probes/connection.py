@@ -5,8 +5,8 @@ It measures each phase on its own, which aiohttp's tracing cannot (it merges con
 - ``resolve``: IP literals skip it; names are looked up in the hosts file, then with dnspython
   (so NXDOMAIN and "no address of that family" are distinct reasons). Honours blackbox's
   ``preferred_ip_protocol`` and ``ip_protocol_fallback``.
-- ``connect``: one TCP connect to the chosen address (asyncio streams).
-- ``tls``: the TLS handshake over that connection (``StreamWriter.start_tls``).
+- ``connect``: one TCP connect to the chosen address (a :class:`probes.stream.Stream`).
+- ``tls``: the TLS handshake over that connection, in place.
 
 Gauges: ``probe_dns_lookup_time_seconds``, ``probe_ip_protocol``, ``probe_ip_addr_hash``.
 
@@ -15,7 +15,8 @@ A :class:`Connector` is long-lived: it holds the resolver and caches SSL context
 
     connector = Connector()
     ip = await connector.resolve("example.com", rec, "ip4", fallback=True)
-    reader, writer = await connector.open(ip, 443, rec)
+    stream = await connector.connect(ip, 443, rec)
+    await connector.start_tls(stream, tls_config, "example.com", rec)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import dns.resolver
 from probes.certs import cert_info, tls_info
 from probes.modules import TLSConfig
 from probes.result import CertInfo, ProbeFailed, Reason, Recorder
+from probes.stream import Stream
 
 __all__ = ["Connector", "fnv1a32", "split_host_port"]
 
@@ -207,6 +209,23 @@ class Connector:
             raise last_error
         raise dns.resolver.NoAnswer(f"no address of the wanted family for {host}")  # type: ignore[no-untyped-call]
 
+    async def connect(
+        self,
+        ip: str,
+        port: int,
+        rec: Recorder,
+        *,
+        source_ip: str | None = None,
+        limit: int = 2**16,
+    ) -> Stream:
+        """Open a TCP connection (phase ``connect``)."""
+        with rec.phase("connect"):
+            stream = await Stream.connect(
+                ip, port, local_addr=(source_ip, 0) if source_ip else None, limit=limit
+            )
+        rec.peer = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        return stream
+
     async def open(
         self,
         ip: str,
@@ -245,7 +264,7 @@ class Connector:
 
     async def start_tls(
         self,
-        writer: asyncio.StreamWriter,
+        writer: Stream | asyncio.StreamWriter,
         cfg: TLSConfig,
         server_name: str,
         rec: Recorder,

@@ -6,7 +6,9 @@ What it measures
     Every request goes over a fresh connection (``Connection: close``, no pooling), so each
     probe pays, and measures, a real connect and a real TLS handshake. aiohttp's tracing
     merges TCP connect and TLS, so this probe has its own connection step
-    (:class:`probes.connection.Connector`) and speaks HTTP/1.1 over the stream with ``h11``.
+    (:class:`probes.connection.Connector`) and speaks HTTP/1.1 over it: the request is
+    written directly, and the response is parsed by ``httptools`` (llhttp, Node's strict
+    HTTP parser, in C).
 
 Phases (``probe_http_duration_seconds{phase=...}``, summed over all redirects, as blackbox)
     ``resolve``     DNS lookup of the target host; again for a redirect to another host.
@@ -87,11 +89,12 @@ from types import MappingProxyType
 from typing import Any, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
-import h11
+import httptools
 
 from probes.connection import Connector
 from probes.modules import HTTPProbe, Module, TLSConfig
 from probes.result import ProbeFailed, Reason, Recorder
+from probes.stream import Stream
 
 __all__ = ["BODY_MATCH_CAP", "MAX_HEAD", "PHASES", "READ_CHUNK", "probe"]
 
@@ -99,7 +102,7 @@ __all__ = ["BODY_MATCH_CAP", "MAX_HEAD", "PHASES", "READ_CHUNK", "probe"]
 READ_CHUNK = 64 * 1024
 #: decoded body bytes kept for ``fail_if_body_[not_]matches_regexp``; the rest is only counted
 BODY_MATCH_CAP = 4 * 1024 * 1024
-#: the largest response head accepted (h11's default, 16 KiB, is too small for some CDNs)
+#: the largest response head accepted (16 KiB, a common default, is too small for some CDNs)
 MAX_HEAD = 1024 * 1024
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 USER_AGENT = "seismo"
@@ -330,23 +333,31 @@ def _wire_headers(request: _Request, cookie: str | None) -> list[tuple[str, str]
     return out
 
 
-def _serialize(h: h11.Connection, request: _Request, target: str, cookie: str | None) -> bytes:
-    try:
-        data = (
-            h.send(
-                h11.Request(
-                    method=request.method, target=target, headers=_wire_headers(request, cookie)
-                )
+# RFC 9110 tokens (methods, header names), a request target without spaces or controls, and
+# a field value without the bytes that would end it
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(r"[^\x00-\x20\x7f]+")
+_VALUE_BREAK = re.compile(r"[\x00\r\n]")
+
+
+def _serialize(
+    method: str, target: str, headers: list[tuple[str, str]], body: bytes = b""
+) -> bytes:
+    """The request's bytes; ``config_error`` for anything that would break its framing."""
+    if not _TOKEN.fullmatch(method):
+        raise ProbeFailed(Reason.CONFIG_ERROR, f"cannot build the request: method {method!r}")
+    if not _TARGET.fullmatch(target):
+        raise ProbeFailed(Reason.CONFIG_ERROR, f"cannot build the request: target {target!r}")
+    lines = [f"{method} {target} HTTP/1.1"]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or _VALUE_BREAK.search(value):
+            # a header value with a newline, a name with a space...: the module is wrong
+            raise ProbeFailed(
+                Reason.CONFIG_ERROR, f"cannot build the request: header {name!r}: {value!r}"
             )
-            or b""
-        )
-        if request.body:
-            data += h.send(h11.Data(data=request.body)) or b""
-        data += h.send(h11.EndOfMessage()) or b""
-    except h11.LocalProtocolError as exc:
-        # a header value with a newline, a method with a space...: the module is wrong
-        raise ProbeFailed(Reason.CONFIG_ERROR, f"cannot build the request: {exc}") from None
-    return data
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode() + body
 
 
 # --- proxies ------------------------------------------------------------------------------
@@ -409,18 +420,17 @@ def _bypassed(host: str, no_proxy: str) -> bool:
 
 @dataclass(slots=True)
 class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    stream: Stream
     tls: bool
 
     def close(self, *, complete: bool) -> None:
-        # why no wait_closed(): a TLS peer that never answers close_notify would add its
-        # silence to the probe. A complete exchange closes gracefully (asyncio bounds the TLS
-        # shutdown); anything else, e.g. a flood we stopped reading, is aborted at once.
+        # why no waiting for the close: a TLS peer that never answers close_notify would add
+        # its silence to the probe. A complete exchange closes gracefully (asyncio bounds the
+        # TLS shutdown); anything else, e.g. a flood we stopped reading, is aborted at once.
         if complete:
-            self.writer.close()
+            self.stream.close()
         else:
-            self.writer.transport.abort()
+            self.stream.abort()
 
 
 async def _open(
@@ -429,31 +439,29 @@ async def _open(
     url = hop.request.url
     if proxy is None:
         assert hop.ip is not None  # resolved whenever there is no proxy
-        reader, writer = await connector.open(hop.ip, url.port, rec)
+        stream = await connector.connect(hop.ip, url.port, rec)
     else:
-        reader, writer = await _open_proxy(proxy, cfg, rec, connector)
+        stream = await _open_proxy(proxy, cfg, rec, connector)
     try:
         if url.scheme == "https":
             if proxy is not None:
                 authority = _authority(hop.ip or url.host, url.port)
-                await _tunnel(reader, writer, authority, proxy, cfg, rec)
-            await connector.start_tls(writer, hop.request.tls_config, hop.request.server_name, rec)
+                await _tunnel(stream, authority, proxy, cfg, rec)
+            await connector.start_tls(stream, hop.request.tls_config, hop.request.server_name, rec)
     except BaseException:
-        writer.transport.abort()
+        stream.abort()
         raise
-    return _Conn(reader, writer, url.scheme == "https")
+    return _Conn(stream, url.scheme == "https")
 
 
 def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _open_proxy(
-    proxy: _Proxy, cfg: HTTPProbe, rec: Recorder, connector: Connector
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open_proxy(proxy: _Proxy, cfg: HTTPProbe, rec: Recorder, connector: Connector) -> Stream:
     try:
         ip = await _proxy_ip(proxy, cfg, rec, connector)
-        return await connector.open(ip, proxy.port, rec)
+        return await connector.connect(ip, proxy.port, rec)
     except ProbeFailed as failed:
         raise ProbeFailed(
             Reason.PROXY_ERROR, f"proxy {proxy.authority}: {failed.detail}"
@@ -477,34 +485,28 @@ async def _proxy_ip(proxy: _Proxy, cfg: HTTPProbe, rec: Recorder, connector: Con
 
 
 async def _tunnel(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    authority: str,
-    proxy: _Proxy,
-    cfg: HTTPProbe,
-    rec: Recorder,
+    stream: Stream, authority: str, proxy: _Proxy, cfg: HTTPProbe, rec: Recorder
 ) -> None:
     """``CONNECT authority`` through the proxy (phase ``connect``)."""
-    h = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
     headers = [("Host", authority)]
     if proxy.authorization:
         headers.append(("Proxy-Authorization", proxy.authorization))
     headers += [(k, v) for k, values in cfg.proxy_connect_header.items() for v in values]
     try:
-        data = h.send(h11.Request(method="CONNECT", target=authority, headers=headers)) or b""
-        data += h.send(h11.EndOfMessage()) or b""
-    except h11.LocalProtocolError as exc:
-        raise ProbeFailed(Reason.CONFIG_ERROR, f"proxy_connect_header: {exc}") from None
+        data = _serialize("CONNECT", authority, headers)
+    except ProbeFailed as failed:
+        raise ProbeFailed(Reason.CONFIG_ERROR, f"proxy_connect_header: {failed.detail}") from None
+    response = _Response("CONNECT")
     with rec.phase("connect"):
-        writer.write(data)
-        await writer.drain()
-        head = await _read_head(h, reader, b"")
+        stream.write(data)
+        await stream.drain()
+        head = await _read_head(response, stream, b"")
     if not 200 <= head.status < 300:
         rec.fail(
             Reason.PROXY_ERROR,
             f"proxy {proxy.authority} answered CONNECT {authority} with {head.status}",
         )
-    if h.trailing_data[0]:
+    if response.has_body_bytes:
         rec.fail(Reason.PROXY_ERROR, f"proxy {proxy.authority} sent data before the TLS handshake")
 
 
@@ -526,10 +528,9 @@ class _Head:
 
 async def _exchange(
     conn: _Conn, hop: _Hop, proxy: _Proxy | None, cookie: str | None, rec: Recorder
-) -> tuple[h11.Connection, _Head]:
+) -> tuple[_Response, _Head]:
     """Send the request and read the response head (phases processing, then transfer)."""
     request = hop.request
-    h = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
     if proxy is not None and not conn.tls:
         # plain http through a proxy: absolute-form, with the resolved IP as blackbox does
         target = request.url.with_host(hop.ip) if hop.ip else request.url.text
@@ -537,16 +538,18 @@ async def _exchange(
         request = _with_headers(request, extra)
     else:
         target = request.url.path
-    payload = _serialize(h, request, target, cookie)
+    payload = _serialize(request.method, target, _wire_headers(request, cookie), request.body)
+    response = _Response(request.method)
+    stream = conn.stream
     with rec.phase("processing"):
-        conn.writer.write(payload)
-        await conn.writer.drain()
-        first = await conn.reader.read(READ_CHUNK)
+        stream.write(payload)
+        await stream.drain()
+        first = await stream.read(READ_CHUNK)
     if not first:
         rec.fail(Reason.CONNECTION_CLOSED, "the server closed the connection without a response")
     with rec.phase("transfer"):
-        head = await _read_head(h, conn.reader, first)
-    return h, head
+        head = await _read_head(response, stream, first)
+    return response, head
 
 
 def _with_headers(request: _Request, extra: tuple[tuple[str, str], ...]) -> _Request:
@@ -565,24 +568,113 @@ def _with_headers(request: _Request, extra: tuple[tuple[str, str], ...]) -> _Req
     )
 
 
-async def _read_head(h: h11.Connection, reader: asyncio.StreamReader, data: bytes) -> _Head:
+class _Response:
+    """One HTTP/1.1 response, parsed by llhttp (``httptools``) as its bytes arrive.
+
+    1xx heads are skipped (except 101, which ends the exchange). The body is framed as
+    RFC 9112 says: nothing after a ``HEAD`` request or a 204/304; ``Content-Length``;
+    chunked; otherwise it runs until the server closes the connection. llhttp does the
+    framing and de-chunking; what it cannot know (the request's method, the end of the
+    stream) is decided here.
+    """
+
+    __slots__ = (
+        "_body",
+        "_head_bytes",
+        "_headers",
+        "_method",
+        "_parser",
+        "complete",
+        "head",
+    )
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._head_bytes = 0
+        self.head: _Head | None = None  # the final head, once complete
+        self.complete = False
+
+    # --- llhttp's callbacks ---------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers = []  # an interim response: the final one follows
+            return
+        self.head = _Head(status, self._parser.get_http_version(), tuple(self._headers))
+        if self._method in ("HEAD", "CONNECT") or status in (101, 204, 304):
+            # no body after these, whatever Content-Length says (llhttp knows only 204/304)
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.head is not None and not self.complete:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.head is not None:
+            self.complete = True
+
+    # --- feeding ----------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self.complete:
+            return  # what follows the response (Connection: close was asked) is ignored
+        if self.head is None:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # a 101 or an Upgrade the server insists on: the head is all there is to judge
+            self.complete = self.head is not None
+        except httptools.HttpParserError:
+            if not self.complete:
+                raise  # a malformed response: probes.errors names it
+            # junk after a complete response (in the same read) does not matter
+        if self.head is None and self._head_bytes > MAX_HEAD:
+            raise ProbeFailed(
+                Reason.HTTP_PROTOCOL_ERROR, f"response head larger than {MAX_HEAD} bytes"
+            )
+
+    def end_of_stream(self) -> None:
+        """The server closed the connection: complete, or a truncated response."""
+        if self.complete:
+            return
+        head = self.head
+        if head is None:
+            raise ProbeFailed(
+                Reason.CONNECTION_CLOSED if self._head_bytes == 0 else Reason.HTTP_PROTOCOL_ERROR,
+                "the server closed the connection before a complete response head",
+            )
+        if head.first("transfer-encoding") is None and head.first("content-length") is None:
+            self.complete = True  # a body delimited by the end of the connection
+            return
+        raise ProbeFailed(Reason.CONNECTION_CLOSED, "the connection closed inside the body")
+
+    def take_body(self) -> list[bytes]:
+        body, self._body = self._body, []
+        return body
+
+    @property
+    def has_body_bytes(self) -> bool:
+        return bool(self._body)
+
+
+async def _read_head(response: _Response, stream: Stream, data: bytes) -> _Head:
     """Feed ``data`` and read until the final (non-1xx) response head."""
     if data:
-        h.receive_data(data)
-    while True:
-        event = h.next_event()
-        if event is h11.NEED_DATA:
-            h.receive_data(await reader.read(READ_CHUNK))
-        elif isinstance(event, h11.Response):
-            return _Head(
-                status=event.status_code,
-                version=event.http_version.decode("ascii"),
-                headers=tuple((k.decode("ascii"), v.decode("latin-1")) for k, v in event.headers),
-            )
-        elif not isinstance(event, h11.InformationalResponse):  # 1xx: keep reading
-            raise ProbeFailed(
-                Reason.CONNECTION_CLOSED, "the server closed the connection before a response head"
-            )
+        response.feed(data)
+    while response.head is None:
+        chunk = await stream.read(READ_CHUNK)
+        if not chunk:
+            response.end_of_stream()
+        response.feed(chunk)
+    return response.head
 
 
 # --- redirects ----------------------------------------------------------------------------
@@ -709,14 +801,14 @@ async def _follow(
         try:
             transfer_before = rec.phases.get("transfer")
             cookie = cookies.header(hop.request.url.host)
-            h, head = await _exchange(conn, hop, proxy, cookie, rec)
+            response, head = await _exchange(conn, hop, proxy, cookie, rec)
             cookies.store(hop.request.url.host, head)
             location = _redirect_location(head)
             if location is not None:
                 redirects += 1
                 _set(rec, "probe_http_redirects", redirects)
             if location is None or not cfg.redirects_followed:
-                final = await _finish(conn, h, head, hop, cfg, rec, decoder_factory)
+                final = await _finish(conn, response, head, hop, cfg, rec, decoder_factory)
                 complete = not final.too_large
                 return final
             if redirects > cfg.max_redirects:
@@ -743,7 +835,7 @@ def _undo_transfer(rec: Recorder, before: float | None) -> None:
 
 async def _finish(
     conn: _Conn,
-    h: h11.Connection,
+    response: _Response,
     head: _Head,
     hop: _Hop,
     cfg: HTTPProbe,
@@ -760,7 +852,7 @@ async def _finish(
     wants_body = bool(cfg.fail_if_body_matches_regexp or cfg.fail_if_body_not_matches_regexp)
     sink = _BodySink(decoder_factory(), cfg.body_size_limit, BODY_MATCH_CAP if wants_body else 0)
     with rec.phase("transfer"):
-        await _read_body(h, conn.reader, sink)
+        await _read_body(response, conn.stream, sink)
     _set(rec, "probe_http_uncompressed_body_length", sink.length)
     return _Final(head, conn.tls, sink.length, sink.kept, sink.too_large)
 
@@ -969,18 +1061,20 @@ class _BodySink:
             self.kept += piece[:room]
 
 
-async def _read_body(h: h11.Connection, reader: asyncio.StreamReader, sink: _BodySink) -> None:
-    while not sink.full:
-        event = h.next_event()
-        if event is h11.NEED_DATA:
-            h.receive_data(await reader.read(READ_CHUNK))
-        elif isinstance(event, h11.Data):
-            sink.feed(event.data)
-        elif isinstance(event, h11.EndOfMessage):
+async def _read_body(response: _Response, stream: Stream, sink: _BodySink) -> None:
+    while True:
+        for piece in response.take_body():
+            sink.feed(piece)
+            if sink.full:
+                return
+        if response.complete:
             sink.finish()
             return
+        chunk = await stream.read(READ_CHUNK)
+        if chunk:
+            response.feed(chunk)
         else:
-            raise ProbeFailed(Reason.CONNECTION_CLOSED, "the connection closed inside the body")
+            response.end_of_stream()
 
 
 # --- the verdict --------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from probes.certs import emit_tls_gauges
 from probes.connection import Connector, split_host_port
 from probes.modules import Module, QueryResponse
 from probes.result import Reason, Recorder
+from probes.stream import Stream
 
 __all__ = ["MAX_LINE", "expand", "probe"]
 
@@ -63,23 +64,22 @@ async def probe(target: str, module: Module, rec: Recorder, connector: Connector
     if cfg.tls or any(step.starttls for step in cfg.query_response):
         connector.ssl_context(cfg.tls_config)  # a bad tls_config fails before any traffic
     ip = await connector.resolve(host, rec, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
-    reader, writer = await connector.open(
+    stream = await connector.connect(
         ip, port, rec, source_ip=cfg.source_ip_address, limit=MAX_LINE
     )
     try:
         if cfg.tls:
-            await connector.start_tls(writer, cfg.tls_config, host, rec)
+            await connector.start_tls(stream, cfg.tls_config, host, rec)
             emit_tls_gauges(rec, cipher=False)
         for step in cfg.query_response:
-            await _step(step, reader, writer, host, module, rec, connector)
+            await _step(step, stream, host, module, rec, connector)
     finally:
-        writer.close()
+        stream.close()
 
 
 async def _step(
     step: QueryResponse,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    stream: Stream,
     host: str,
     module: Module,
     rec: Recorder,
@@ -89,7 +89,7 @@ async def _step(
     if step.expect:
         regex = re.compile(step.expect)
         with rec.phase("query_response"):
-            match = await _read_until_match(reader, regex, rec)
+            match = await _read_until_match(stream, regex, rec)
         if match is None:
             rec.gauge("probe_failed_due_to_regex", 1, help="Indicates if probe failed due to regex")
             rec.fail(Reason.TCP_EXPECT_MISMATCH, f"no line matched {step.expect!r} before EOF")
@@ -97,20 +97,20 @@ async def _step(
         send = expand(send, match)
     if send:
         with rec.phase("query_response"):
-            writer.write(send.encode() + b"\n")
-            await writer.drain()
+            stream.write(send.encode() + b"\n")
+            await stream.drain()
     if step.starttls:
-        await connector.start_tls(writer, module.tcp.tls_config, host, rec)
+        await connector.start_tls(stream, module.tcp.tls_config, host, rec)
         emit_tls_gauges(rec, cipher=False)
 
 
 async def _read_until_match(
-    reader: asyncio.StreamReader, regex: re.Pattern[str], rec: Recorder
+    stream: Stream, regex: re.Pattern[str], rec: Recorder
 ) -> re.Match[str] | None:
     """Read lines until one matches; ``None`` at end of stream."""
     while True:
         try:
-            raw = await reader.readuntil(b"\n")
+            raw = await stream.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
             # Go's Scanner hands out a last line without a newline at EOF, then stops
             if not exc.partial:

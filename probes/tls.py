@@ -94,15 +94,15 @@ async def _handshake(
     connector.ssl_context(cfg.tls_config)  # a bad tls_config fails before any traffic
     ip = await connector.resolve(host, rec, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
     verify_failure: ProbeFailed | None = None
-    _, writer = await connector.open(ip, port, rec)
+    stream = await connector.connect(ip, port, rec)
     try:
-        await connector.start_tls(writer, cfg.tls_config, host, rec)
+        await connector.start_tls(stream, cfg.tls_config, host, rec)
     except ProbeFailed as failed:
         if failed.reason not in VERIFY_REASONS:
             raise
         verify_failure = failed
     finally:
-        writer.close()
+        stream.close()
 
     if verify_failure is not None:
         await _collect_unverified(host, port, ip, module, rec, connector, verify_failure)
@@ -148,11 +148,11 @@ async def _collect_unverified(
     """Handshake again without verifying, to report the chain that failed verification."""
     first_attempt = dict(rec.phases)
     try:
-        _, writer = await connector.open(ip, port, rec)
+        stream = await connector.connect(ip, port, rec)
         try:
-            await connector.start_tls(writer, module.tls.tls_config, host, rec, verify=False)
+            await connector.start_tls(stream, module.tls.tls_config, host, rec, verify=False)
         finally:
-            writer.close()
+            stream.close()
     except ProbeFailed:
         # the peer would not even complete an unverified handshake: the first reason
         # stands, without chain facts

@@ -21,6 +21,7 @@ import dns.query
 import dns.rdata
 import dns.resolver
 import h11
+import httptools
 import pytest
 
 from probes.errors import VERIFY_CODE_REASONS, describe, translate
@@ -68,6 +69,7 @@ FOREIGN_ROOTS: tuple[type[BaseException], ...] = (
     OSError,  # socket.gaierror, ConnectionError, TimeoutError, ...
     dns.exception.DNSException,
     h11.RemoteProtocolError,
+    httptools.HttpParserError,
     asyncio.IncompleteReadError,
     asyncio.LimitOverrunError,
     EOFError,
@@ -76,7 +78,17 @@ FOREIGN_ROOTS: tuple[type[BaseException], ...] = (
 
 # the libraries the probes talk to the network through; OSError subclasses of other
 # libraries (urllib, ...) are not raised by probe code
-PROBE_LIBRARIES = {"builtins", "socket", "ssl", "_ssl", "asyncio", "dns", "h11", "zlib"}
+PROBE_LIBRARIES = {
+    "builtins",
+    "socket",
+    "ssl",
+    "_ssl",
+    "asyncio",
+    "dns",
+    "h11",
+    "httptools",
+    "zlib",
+}
 FOREIGN = sorted(
     {c for c in subclasses(*FOREIGN_ROOTS) if c.__module__.split(".")[0] in PROBE_LIBRARIES},
     key=lambda c: f"{c.__module__}.{c.__qualname__}",
@@ -141,6 +153,7 @@ def test_bugs_are_not_translated(cls: type[BaseException]) -> None:
         (dns.resolver.NoAnswer(), "resolve", Reason.DNS_NO_ADDRESS),
         (dns.exception.Timeout(), "resolve", Reason.DNS_RESOLVE_TIMEOUT),
         (h11.RemoteProtocolError("bad"), "processing", Reason.HTTP_PROTOCOL_ERROR),
+        (httptools.HttpParserInvalidStatusError("bad"), "transfer", Reason.HTTP_PROTOCOL_ERROR),
         (zlib.error("invalid block type"), "transfer", Reason.HTTP_PROTOCOL_ERROR),
     ],
     ids=repr,
