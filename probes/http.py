@@ -93,7 +93,7 @@ import httptools
 
 from probes.connection import Connector
 from probes.modules import HTTPProbe, Module, TLSConfig
-from probes.result import ProbeFailed, Reason, Recorder
+from probes.result import GaugeKey, ProbeFailed, Reason, Recorder
 from probes.stream import Stream
 
 __all__ = ["BODY_MATCH_CAP", "MAX_HEAD", "PHASES", "READ_CHUNK", "probe"]
@@ -141,14 +141,14 @@ _FIRST_TARGET_GAUGES = ("probe_dns_lookup_time_seconds", "probe_ip_protocol", "p
 
 async def probe(target: str, module: Module, rec: Recorder, connector: Connector) -> None:
     """Probe ``target`` over HTTP(S) with ``module.http``; see the module docstring."""
-    _precreate_gauges(rec)
+    rec.preset(_PRECREATED)
     try:
         await _probe(target, module.http, rec, connector)
     finally:
         # why finally: blackbox exports the phase times on failure too, and a timeout
         # cancels us mid-phase
-        for name in PHASES:
-            _set(rec, "probe_http_duration_seconds", rec.phases.get(name, 0.0), phase=name)
+        phases = rec.phases
+        rec.preset({key: (phases.get(name, 0.0), _PHASE_HELP) for name, key in _PHASE_KEYS})
 
 
 async def _probe(target: str, cfg: HTTPProbe, rec: Recorder, connector: Connector) -> None:
@@ -1162,17 +1162,27 @@ def _set(rec: Recorder, name: str, value: float, **labels: str) -> None:
     rec.gauge(name, value, help=_HELP[name], **labels)
 
 
-def _precreate_gauges(rec: Recorder) -> None:
-    """blackbox registers these before probing, so they exist (as 0) when the probe fails."""
-    for name in PHASES:
-        _set(rec, "probe_http_duration_seconds", 0.0, phase=name)
-    for name in (
-        "probe_http_content_length",
-        "probe_http_uncompressed_body_length",
-        "probe_http_redirects",
-        "probe_http_ssl",
-        "probe_http_status_code",
-        "probe_http_version",
-        "probe_failed_due_to_regex",
-    ):
-        _set(rec, name, 0.0)
+def _gauge_table(values: Mapping[GaugeKey, float]) -> Mapping[GaugeKey, tuple[float, str]]:
+    return MappingProxyType({key: (value, _HELP[key[0]]) for key, value in values.items()})
+
+
+# blackbox registers these before probing, so they exist (as 0) when the probe fails
+_PRECREATED = _gauge_table(
+    {
+        **{("probe_http_duration_seconds", (("phase", name),)): 0.0 for name in PHASES},
+        **{
+            (name, ()): 0.0
+            for name in (
+                "probe_http_content_length",
+                "probe_http_uncompressed_body_length",
+                "probe_http_redirects",
+                "probe_http_ssl",
+                "probe_http_status_code",
+                "probe_http_version",
+                "probe_failed_due_to_regex",
+            )
+        },
+    }
+)
+_PHASE_KEYS = tuple((name, ("probe_http_duration_seconds", (("phase", name),))) for name in PHASES)
+_PHASE_HELP = _HELP["probe_http_duration_seconds"]

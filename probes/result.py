@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 __all__ = [
     "TIMEOUT_REASONS",
@@ -94,9 +94,16 @@ TIMEOUT_REASONS: Mapping[str | None, Reason] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Measurement:
-    """One blackbox-style gauge sample, e.g. ``probe_http_status_code 200``."""
+#: a gauge's identity in a :class:`Recorder`: its name and its labels, in order
+GaugeKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class Measurement(NamedTuple):
+    """One blackbox-style gauge sample, e.g. ``probe_http_status_code 200``.
+
+    A named tuple, not a frozen dataclass: every probe builds about twenty, and a tuple is
+    built in a third of the time.
+    """
 
     name: str
     value: float
@@ -278,7 +285,7 @@ class Recorder:
         self.phases: dict[str, float] = {}
         # (name, labels) -> (value, help); Measurements are built once, in finish(): a probe
         # sets about twice as many gauges as it reports (precreated, then overwritten)
-        self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[float, str]] = {}
+        self._gauges: dict[GaugeKey, tuple[float, str]] = {}
         self.tls: TLSInfo | None = None
         self.peer: str | None = None
         self.current_phase: str | None = None
@@ -291,6 +298,14 @@ class Recorder:
     def gauge(self, name: str, value: float, help: str = "", **labels: str) -> None:
         """Set a blackbox-style gauge (overwrites an earlier value with the same labels)."""
         self._gauges[(name, tuple(labels.items()))] = (float(value), help)
+
+    def preset(self, gauges: Mapping[GaugeKey, tuple[float, str]]) -> None:
+        """Set many gauges at once, from a prober's table of ``(name, labels) -> (value, help)``.
+
+        One dict update instead of a call per gauge: a prober's precreated zeros are a
+        constant table (built once at import).
+        """
+        self._gauges.update(gauges)
 
     def value(self, name: str, **labels: str) -> float | None:
         entry = self._gauges.get((name, tuple(labels.items())))
@@ -312,6 +327,7 @@ class Recorder:
             duration,
             help="Returns how long the probe took to complete in seconds",
         )
+        make = Measurement._make
         return ProbeResult(
             kind=self.kind,
             target=target,
@@ -320,7 +336,7 @@ class Recorder:
             duration_seconds=duration,
             phases=dict(self.phases),
             measurements=tuple(
-                [Measurement(n, v, labels, h) for (n, labels), (v, h) in self._gauges.items()]
+                [make((n, v, labels, h)) for (n, labels), (v, h) in self._gauges.items()]
             ),
             tls=self.tls,
             peer=self.peer,
