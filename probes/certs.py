@@ -33,7 +33,6 @@ probers, ``tls: true`` and ``starttls``), with its names, label names and HELP t
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import ssl
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -171,23 +170,26 @@ def go_name_string(name: x509.Name) -> str:
     return ",".join("+".join(rdn) for rdn in reversed(rdns))
 
 
-def _sans(cert: x509.Certificate) -> tuple[str, ...]:
+def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(DNS names, IP addresses) of the subject alternative names."""
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return ()
-    dns_names = ext.get_values_for_type(x509.DNSName)
-    ips = [str(ip) for ip in ext.get_values_for_type(x509.IPAddress)]
-    return (*dns_names, *ips)
+        return (), ()
+    dns_names = tuple(ext.get_values_for_type(x509.DNSName))
+    ips = tuple(str(ip) for ip in ext.get_values_for_type(x509.IPAddress))
+    return dns_names, ips
 
 
 def cert_info(der: bytes) -> CertInfo:
     """Facts about one DER-encoded certificate."""
     cert = x509.load_der_x509_certificate(der)
+    dns_names, ips = _sans(cert)
     return CertInfo(
         subject=go_name_string(cert.subject),
         issuer=go_name_string(cert.issuer),
-        sans=_sans(cert),
+        sans=(*dns_names, *ips),
+        dns_names=dns_names,
         not_before=cert.not_valid_before_utc.timestamp(),
         not_after=cert.not_valid_after_utc.timestamp(),
         fingerprint_sha256=hashlib.sha256(der).hexdigest(),
@@ -270,7 +272,7 @@ def emit_tls_gauges(rec: Recorder, *, cipher: bool = True) -> None:
             fingerprint_sha256=leaf.fingerprint_sha256,
             issuer=leaf.issuer,
             subject=leaf.subject,
-            subjectalternative=",".join(s for s in leaf.sans if not _is_ip(s)),
+            subjectalternative=",".join(leaf.dns_names),
         )
     rec.gauge(
         "probe_tls_version_info",
@@ -285,11 +287,3 @@ def emit_tls_gauges(rec: Recorder, *, cipher: bool = True) -> None:
             help="Returns the TLS cipher negotiated during handshake",
             cipher=info.cipher,
         )
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True

@@ -122,6 +122,8 @@ class CertInfo:
     not_after: float
     fingerprint_sha256: str
     serial: str
+    #: the DNS names among ``sans`` (blackbox's ``subjectalternative`` label lists only these)
+    dns_names: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {

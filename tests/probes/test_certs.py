@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from probes.certs import (
     GO_ZERO_TIME,
+    cert_info,
     cipher_name,
     emit_tls_gauges,
     go_name_string,
@@ -75,8 +77,10 @@ def test_cipher_and_version_names() -> None:
     assert tls_version_name(None) == "unknown"
 
 
-def cert(not_after: float, sans: tuple[str, ...] = ("a.example", "127.0.0.1")) -> CertInfo:
-    return CertInfo("CN=a", "CN=ca", sans, 0.0, not_after, "ab" * 32, "1f")
+def cert(not_after: float) -> CertInfo:
+    return CertInfo(
+        "CN=a", "CN=ca", ("a.example", "127.0.0.1"), 0.0, not_after, "ab" * 32, "1f", ("a.example",)
+    )
 
 
 def test_emit_tls_gauges_unverified_uses_go_zero_time() -> None:
@@ -116,3 +120,15 @@ def test_emit_tls_gauges_without_handshake_is_a_noop() -> None:
     rec = Recorder("http")
     emit_tls_gauges(rec)
     assert rec.value("probe_tls_version_info", version="TLS 1.3") is None
+
+
+def test_cert_info_splits_dns_names_from_ip_sans() -> None:
+    import trustme
+
+    leaf = trustme.CA().issue_cert("a.example", "127.0.0.1", "b.example", "::1")
+    der = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    info = cert_info(der)
+    assert info.dns_names == ("a.example", "b.example")
+    assert info.sans == ("a.example", "b.example", "127.0.0.1", "::1")
