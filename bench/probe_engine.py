@@ -5,16 +5,8 @@ core 0, against the same loopback targets as probe_throughput.py (core 1), and c
 probes per CPU-second of this process. Compared with probe_throughput's figure for the whole
 agent, it splits the cost into the probe itself, ``render_probe``, and the HTTP server.
 
-``--patch`` applies prototype optimisations by monkeypatching (agent/ and probes/ are not
-edited), to measure a proposal's gain before anyone writes it for real:
-
-- ``ipcache``: cache ``ipaddress`` parsing and the FNV hash of an IP literal in
-  ``Connector.resolve`` (an IP target re-parses the address three times per probe);
-- ``certcache``: cache ``probes.certs.cert_info`` by the certificate's DER bytes, so a
-  chain seen before is not parsed again with ``cryptography`` (``CertInfo`` is frozen).
-
     python -m bench.probe_engine                       # http, https, dns, tcp_tls
-    python -m bench.probe_engine --kinds http --render --patch ipcache
+    python -m bench.probe_engine --kinds http --render
 """
 
 from __future__ import annotations
@@ -22,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import os
 import statistics
 import sys
@@ -30,22 +21,6 @@ import time
 
 from bench.harness import AGENT_CPU, Fleet, make_certs, print_machine
 from bench.probe_throughput import KINDS, write_configs
-
-
-def apply_patches(names: list[str]) -> None:
-    if "certcache" in names:
-        from probes import certs
-
-        certs.cert_info = functools.lru_cache(maxsize=1024)(certs.cert_info)  # type: ignore[assignment]
-    if "ipcache" in names:
-        import ipaddress
-
-        from probes import connection
-
-        connection.fnv1a32 = functools.lru_cache(maxsize=4096)(connection.fnv1a32)  # type: ignore[assignment]
-        orig = ipaddress.ip_address
-        cached = functools.lru_cache(maxsize=4096)(orig)
-        connection.ipaddress.ip_address = cached  # type: ignore[attr-defined]
 
 
 def targets_for(kind: str, ports: dict[str, list[int]], dns_port: int) -> list[str]:
@@ -90,15 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--render", action="store_true", help="also render the /probe page")
-    p.add_argument("--patch", default="", help="comma-separated prototype patches")
     p.add_argument("--no-uvloop", action="store_true")
     args = p.parse_args(argv)
     print_machine()
     from agent.config import load_config
     from bench.probe_throughput import MODULES
 
-    patches = [x for x in args.patch.split(",") if x]
-    apply_patches(patches)
     if not args.no_uvloop:
         with contextlib.suppress(ImportError):
             import uvloop
@@ -127,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 rates.append(ok / cpu)
             print(
                 f"{kind:8} {statistics.median(rates):6.0f} probes/CPU-s "
-                f"[{min(rates):.0f}-{max(rates):.0f}] render={args.render} patches={patches}",
+                f"[{min(rates):.0f}-{max(rates):.0f}] render={args.render}",
                 flush=True,
             )
     return 0
