@@ -26,7 +26,7 @@ probers, ``tls: true`` and ``starttls``), with its names, label names and HELP t
 - ``probe_tls_cipher_info{cipher}`` 1: not in 0.23; later releases emit it for http only,
   so tcp callers pass ``cipher=False``.
 
-    rec.tls = tls_info(writer.get_extra_info("ssl_object"), "example.com", verified=True)
+    rec.tls = tls_info(stream.get_extra_info("ssl_object"), "example.com", verified=True)
     emit_tls_gauges(rec)
 """
 

@@ -10,8 +10,9 @@ It measures each phase on its own, which aiohttp's tracing cannot (it merges con
 
 Gauges: ``probe_dns_lookup_time_seconds``, ``probe_ip_protocol``, ``probe_ip_addr_hash``.
 
-A :class:`Connector` is long-lived: it holds the resolver and caches SSL contexts per
-``tls_config`` so probes never rebuild them. Every probe still opens a fresh connection.
+A :class:`Connector` is long-lived: it holds the resolver, caches SSL contexts per
+``tls_config`` so probes never rebuild them, and keeps the agent's :class:`Memo` of pure
+per-probe parsing. Every probe still opens a fresh connection.
 
     connector = Connector()
     ip = await connector.resolve("example.com", rec, "ip4", fallback=True)
@@ -21,14 +22,15 @@ A :class:`Connector` is long-lived: it holds the resolver and caches SSL context
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import socket
 import ssl
 import tempfile
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import dns.asyncresolver
 import dns.rdatatype
@@ -39,7 +41,7 @@ from probes.modules import TLSConfig
 from probes.result import CertInfo, ProbeFailed, Reason, Recorder
 from probes.stream import Stream
 
-__all__ = ["Connector", "fnv1a32", "split_host_port"]
+__all__ = ["Connector", "Memo", "fnv1a32", "split_host_port"]
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -80,7 +82,41 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
     return host, int(port_text)
 
 
-_CACHE_LIMIT = 4096
+_R = TypeVar("_R")
+
+
+class Memo:
+    """Results of pure functions, kept per agent: per-probe parsing that gives the same answer
+    every time for the same input (an IP literal's facts, a certificate, a module's DNS query,
+    a DNS server's answer).
+
+    Bounded: each function's table holds at most ``limit`` results and is emptied when full
+    (a probe fleet sees few distinct inputs, so a full table means churn, e.g. TTLs counting
+    down, not a working set). An exception is never kept: a bad input raises every time.
+    Lives on the :class:`Connector`, so nothing is cached at module level.
+
+        info = connector.memo(cert_info, der)
+    """
+
+    __slots__ = ("_limit", "_tables")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._tables: dict[Callable[..., object], dict[tuple[object, ...], object]] = {}
+
+    def __call__(self, fn: Callable[..., _R], *args: Hashable) -> _R:
+        """``fn(*args)``, from the table when these arguments were seen before."""
+        table = self._tables.get(fn)
+        if table is None:
+            table = self._tables[fn] = {}
+        try:
+            return table[args]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        if len(table) >= self._limit:
+            table.clear()
+        result = table[args] = fn(*args)
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +124,14 @@ class _Address:
     text: str
     version: int
     hash: int
+
+
+def _parse_address(text: str) -> _Address | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return _Address(str(ip), ip.version, fnv1a32(ip.packed))
 
 
 def fnv1a32(data: bytes) -> int:
@@ -118,10 +162,7 @@ class Connector:
         self._resolver = resolver
         self._hosts = _read_hosts(Path(hosts_file))
         self._contexts: dict[tuple[TLSConfig, bool], ssl.SSLContext] = {}
-        # per-probe parsing that gives the same answer every time for the same input: an IP
-        # literal's facts, a certificate's facts (bounded; a probe fleet sees few distinct ones)
-        self._addresses: dict[str, _Address] = {}
-        self._certs: dict[bytes, CertInfo] = {}
+        self.memo = Memo()
 
     @property
     def resolver(self) -> dns.asyncresolver.Resolver:
@@ -160,26 +201,12 @@ class Connector:
         return address.text
 
     def _address(self, text: str) -> _Address | None:
-        """An IP literal's canonical text, version and hash (cached); None if not an IP."""
-        found = self._addresses.get(text)
-        if found is None:
-            try:
-                ip = ipaddress.ip_address(text)
-            except ValueError:
-                return None
-            if len(self._addresses) >= _CACHE_LIMIT:
-                self._addresses.clear()
-            found = self._addresses[text] = _Address(str(ip), ip.version, fnv1a32(ip.packed))
-        return found
+        """An IP literal's canonical text, version and hash (memoised); None if not an IP."""
+        return self.memo(_parse_address, text)
 
     def cert_info(self, der: bytes) -> CertInfo:
         """CertInfo of a DER certificate, parsed once per distinct certificate."""
-        found = self._certs.get(der)
-        if found is None:
-            if len(self._certs) >= _CACHE_LIMIT:
-                self._certs.clear()
-            found = self._certs[der] = cert_info(der)
-        return found
+        return self.memo(cert_info, der)
 
     async def _resolve(self, host: str, families: list[int]) -> str:
         host = host.strip("[]")
@@ -226,23 +253,6 @@ class Connector:
         rec.peer = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
         return stream
 
-    async def open(
-        self,
-        ip: str,
-        port: int,
-        rec: Recorder,
-        *,
-        source_ip: str | None = None,
-        limit: int = 2**16,
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Open a TCP connection (phase ``connect``)."""
-        with rec.phase("connect"):
-            reader, writer = await asyncio.open_connection(
-                ip, port, local_addr=(source_ip, 0) if source_ip else None, limit=limit
-            )
-        rec.peer = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-        return reader, writer
-
     def ssl_context(self, cfg: TLSConfig, *, verify: bool = True) -> ssl.SSLContext:
         """An SSL context for ``cfg``, built once and cached.
 
@@ -264,7 +274,7 @@ class Connector:
 
     async def start_tls(
         self,
-        writer: Stream | asyncio.StreamWriter,
+        stream: Stream,
         cfg: TLSConfig,
         server_name: str,
         rec: Recorder,
@@ -275,8 +285,8 @@ class Connector:
         ctx = self.ssl_context(cfg, verify=verify)
         sni = cfg.server_name or server_name
         with rec.phase("tls"):
-            await writer.start_tls(ctx, server_hostname=sni)
-        sslobj = writer.get_extra_info("ssl_object")
+            await stream.start_tls(ctx, server_hostname=sni)
+        sslobj = stream.get_extra_info("ssl_object")
         if not isinstance(sslobj, ssl.SSLObject):
             rec.fail(Reason.TLS_HANDSHAKE_FAILED, "no TLS session after handshake")
         rec.tls = tls_info(

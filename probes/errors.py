@@ -8,7 +8,6 @@
     dns.resolver.NXDOMAIN           -> dns_nxdomain           (resolving the target host)
     dns.resolver.NoAnswer           -> dns_no_address
     dns.exception.DNSException      -> dns_resolve_failed / dns_protocol_error
-    h11.RemoteProtocolError         -> http_protocol_error
     httptools.HttpParserError       -> http_protocol_error
     zlib.error                      -> http_protocol_error (corrupt compressed body)
     EOFError / IncompleteReadError  -> connection_closed
@@ -27,7 +26,6 @@ import zlib
 
 import dns.exception
 import dns.resolver
-import h11
 import httptools
 
 from probes.result import TIMEOUT_REASONS, ProbeFailed, Reason
@@ -117,7 +115,7 @@ def _reason(exc: BaseException, phase: str | None) -> Reason | None:
         return Reason.DNS_RESOLVE_TIMEOUT if phase == "resolve" else Reason.TIMEOUT
     if isinstance(exc, dns.exception.DNSException):
         return Reason.DNS_RESOLVE_FAILED if phase == "resolve" else Reason.DNS_PROTOCOL_ERROR
-    if isinstance(exc, h11.RemoteProtocolError | httptools.HttpParserError | zlib.error):
+    if isinstance(exc, httptools.HttpParserError | zlib.error):
         return Reason.HTTP_PROTOCOL_ERROR  # a malformed response, or a corrupt compressed body
     if isinstance(exc, OSError):
         if exc.errno in _ERRNO_REASONS:

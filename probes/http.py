@@ -89,21 +89,16 @@ from types import MappingProxyType
 from typing import Any, Protocol
 from urllib.parse import unquote, urljoin, urlsplit
 
-import httptools
-
 from probes.connection import Connector
+from probes.http1 import MAX_HEAD, READ_CHUNK, Head, Response, read_body, read_head, request_bytes
 from probes.modules import HTTPProbe, Module, TLSConfig
 from probes.result import GaugeKey, ProbeFailed, Reason, Recorder
 from probes.stream import Stream
 
 __all__ = ["BODY_MATCH_CAP", "MAX_HEAD", "PHASES", "READ_CHUNK", "probe"]
 
-#: bytes read from the socket (and produced by a decompressor) per step
-READ_CHUNK = 64 * 1024
 #: decoded body bytes kept for ``fail_if_body_[not_]matches_regexp``; the rest is only counted
 BODY_MATCH_CAP = 4 * 1024 * 1024
-#: the largest response head accepted (16 KiB, a common default, is too small for some CDNs)
-MAX_HEAD = 1024 * 1024
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 USER_AGENT = "seismo"
 
@@ -333,33 +328,6 @@ def _wire_headers(request: _Request, cookie: str | None) -> list[tuple[str, str]
     return out
 
 
-# RFC 9110 tokens (methods, header names), a request target without spaces or controls, and
-# a field value without the bytes that would end it
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(r"[^\x00-\x20\x7f]+")
-_VALUE_BREAK = re.compile(r"[\x00\r\n]")
-
-
-def _serialize(
-    method: str, target: str, headers: list[tuple[str, str]], body: bytes = b""
-) -> bytes:
-    """The request's bytes; ``config_error`` for anything that would break its framing."""
-    if not _TOKEN.fullmatch(method):
-        raise ProbeFailed(Reason.CONFIG_ERROR, f"cannot build the request: method {method!r}")
-    if not _TARGET.fullmatch(target):
-        raise ProbeFailed(Reason.CONFIG_ERROR, f"cannot build the request: target {target!r}")
-    lines = [f"{method} {target} HTTP/1.1"]
-    for name, value in headers:
-        if not _TOKEN.fullmatch(name) or _VALUE_BREAK.search(value):
-            # a header value with a newline, a name with a space...: the module is wrong
-            raise ProbeFailed(
-                Reason.CONFIG_ERROR, f"cannot build the request: header {name!r}: {value!r}"
-            )
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode() + body
-
-
 # --- proxies ------------------------------------------------------------------------------
 
 
@@ -493,14 +461,14 @@ async def _tunnel(
         headers.append(("Proxy-Authorization", proxy.authorization))
     headers += [(k, v) for k, values in cfg.proxy_connect_header.items() for v in values]
     try:
-        data = _serialize("CONNECT", authority, headers)
+        data = request_bytes("CONNECT", authority, headers)
     except ProbeFailed as failed:
         raise ProbeFailed(Reason.CONFIG_ERROR, f"proxy_connect_header: {failed.detail}") from None
-    response = _Response("CONNECT")
+    response = Response("CONNECT")
     with rec.phase("connect"):
         stream.write(data)
         await stream.drain()
-        head = await _read_head(response, stream, b"")
+        head = await read_head(response, stream, b"")
     if not 200 <= head.status < 300:
         rec.fail(
             Reason.PROXY_ERROR,
@@ -513,22 +481,9 @@ async def _tunnel(
 # --- the exchange -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Head:
-    status: int
-    version: str  # "1.1"
-    headers: tuple[tuple[str, str], ...]  # lower-case names, latin-1 values, in order
-
-    def values(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k == name]
-
-    def first(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k == name), None)
-
-
 async def _exchange(
     conn: _Conn, hop: _Hop, proxy: _Proxy | None, cookie: str | None, rec: Recorder
-) -> tuple[_Response, _Head]:
+) -> tuple[Response, Head]:
     """Send the request and read the response head (phases processing, then transfer)."""
     request = hop.request
     if proxy is not None and not conn.tls:
@@ -538,8 +493,8 @@ async def _exchange(
         request = _with_headers(request, extra)
     else:
         target = request.url.path
-    payload = _serialize(request.method, target, _wire_headers(request, cookie), request.body)
-    response = _Response(request.method)
+    payload = request_bytes(request.method, target, _wire_headers(request, cookie), request.body)
+    response = Response(request.method)
     stream = conn.stream
     with rec.phase("processing"):
         stream.write(payload)
@@ -548,7 +503,7 @@ async def _exchange(
     if not first:
         rec.fail(Reason.CONNECTION_CLOSED, "the server closed the connection without a response")
     with rec.phase("transfer"):
-        head = await _read_head(response, stream, first)
+        head = await read_head(response, stream, first)
     return response, head
 
 
@@ -568,115 +523,6 @@ def _with_headers(request: _Request, extra: tuple[tuple[str, str], ...]) -> _Req
     )
 
 
-class _Response:
-    """One HTTP/1.1 response, parsed by llhttp (``httptools``) as its bytes arrive.
-
-    1xx heads are skipped (except 101, which ends the exchange). The body is framed as
-    RFC 9112 says: nothing after a ``HEAD`` request or a 204/304; ``Content-Length``;
-    chunked; otherwise it runs until the server closes the connection. llhttp does the
-    framing and de-chunking; what it cannot know (the request's method, the end of the
-    stream) is decided here.
-    """
-
-    __slots__ = (
-        "_body",
-        "_head_bytes",
-        "_headers",
-        "_method",
-        "_parser",
-        "complete",
-        "head",
-    )
-
-    def __init__(self, method: str) -> None:
-        self._method = method
-        self._parser = httptools.HttpResponseParser(self)
-        self._headers: list[tuple[str, str]] = []
-        self._body: list[bytes] = []
-        self._head_bytes = 0
-        self.head: _Head | None = None  # the final head, once complete
-        self.complete = False
-
-    # --- llhttp's callbacks ---------------------------------------------------------
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self._headers = []  # an interim response: the final one follows
-            return
-        self.head = _Head(status, self._parser.get_http_version(), tuple(self._headers))
-        if self._method in ("HEAD", "CONNECT") or status in (101, 204, 304):
-            # no body after these, whatever Content-Length says (llhttp knows only 204/304)
-            self.complete = True
-
-    def on_body(self, body: bytes) -> None:
-        if self.head is not None and not self.complete:
-            self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.head is not None:
-            self.complete = True
-
-    # --- feeding ----------------------------------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        if self.complete:
-            return  # what follows the response (Connection: close was asked) is ignored
-        if self.head is None:
-            self._head_bytes += len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # a 101 or an Upgrade the server insists on: the head is all there is to judge
-            self.complete = self.head is not None
-        except httptools.HttpParserError:
-            if not self.complete:
-                raise  # a malformed response: probes.errors names it
-            # junk after a complete response (in the same read) does not matter
-        if self.head is None and self._head_bytes > MAX_HEAD:
-            raise ProbeFailed(
-                Reason.HTTP_PROTOCOL_ERROR, f"response head larger than {MAX_HEAD} bytes"
-            )
-
-    def end_of_stream(self) -> None:
-        """The server closed the connection: complete, or a truncated response."""
-        if self.complete:
-            return
-        head = self.head
-        if head is None:
-            raise ProbeFailed(
-                Reason.CONNECTION_CLOSED if self._head_bytes == 0 else Reason.HTTP_PROTOCOL_ERROR,
-                "the server closed the connection before a complete response head",
-            )
-        if head.first("transfer-encoding") is None and head.first("content-length") is None:
-            self.complete = True  # a body delimited by the end of the connection
-            return
-        raise ProbeFailed(Reason.CONNECTION_CLOSED, "the connection closed inside the body")
-
-    def take_body(self) -> list[bytes]:
-        body, self._body = self._body, []
-        return body
-
-    @property
-    def has_body_bytes(self) -> bool:
-        return bool(self._body)
-
-
-async def _read_head(response: _Response, stream: Stream, data: bytes) -> _Head:
-    """Feed ``data`` and read until the final (non-1xx) response head."""
-    if data:
-        response.feed(data)
-    while response.head is None:
-        chunk = await stream.read(READ_CHUNK)
-        if not chunk:
-            response.end_of_stream()
-        response.feed(chunk)
-    return response.head
-
-
 # --- redirects ----------------------------------------------------------------------------
 
 
@@ -688,7 +534,7 @@ class _Cookies:
     def __init__(self) -> None:
         self._jar: dict[str, dict[str, str]] = {}
 
-    def store(self, host: str, head: _Head) -> None:
+    def store(self, host: str, head: Head) -> None:
         for line in head.values("set-cookie"):
             parsed: SimpleCookie = SimpleCookie()
             try:
@@ -705,7 +551,7 @@ class _Cookies:
         return "; ".join(f"{k}={v}" for k, v in self._jar.get(host, {}).items()) or None
 
 
-def _redirect_location(head: _Head) -> str | None:
+def _redirect_location(head: Head) -> str | None:
     if head.status not in _REDIRECT_STATUSES:
         return None
     return head.first("location")  # a 3xx without Location is a final response, as in Go
@@ -777,7 +623,7 @@ async def _next_hop(
 
 @dataclass(frozen=True, slots=True)
 class _Final:
-    head: _Head
+    head: Head
     tls: bool
     body_length: int
     body_prefix: bytes | bytearray  # up to BODY_MATCH_CAP decoded bytes, when regexes need it
@@ -835,8 +681,8 @@ def _undo_transfer(rec: Recorder, before: float | None) -> None:
 
 async def _finish(
     conn: _Conn,
-    response: _Response,
-    head: _Head,
+    response: Response,
+    head: Head,
     hop: _Hop,
     cfg: HTTPProbe,
     rec: Recorder,
@@ -852,7 +698,8 @@ async def _finish(
     wants_body = bool(cfg.fail_if_body_matches_regexp or cfg.fail_if_body_not_matches_regexp)
     sink = _BodySink(decoder_factory(), cfg.body_size_limit, BODY_MATCH_CAP if wants_body else 0)
     with rec.phase("transfer"):
-        await _read_body(response, conn.stream, sink)
+        if await read_body(response, conn.stream, sink.feed):
+            sink.finish()
     _set(rec, "probe_http_uncompressed_body_length", sink.length)
     return _Final(head, conn.tls, sink.length, sink.kept, sink.too_large)
 
@@ -863,7 +710,7 @@ def _emit_tls_gauges(rec: Recorder) -> None:
     emit_tls_gauges(rec)
 
 
-def _record_head(rec: Recorder, head: _Head, method: str) -> None:
+def _record_head(rec: Recorder, head: Head, method: str) -> None:
     _set(rec, "probe_http_status_code", head.status)
     _set(rec, "probe_http_content_length", _content_length(head, method))
     _set(rec, "probe_http_version", float(head.version))
@@ -872,7 +719,7 @@ def _record_head(rec: Recorder, head: _Head, method: str) -> None:
         _set(rec, "probe_http_last_modified_timestamp_seconds", modified)
 
 
-def _content_length(head: _Head, method: str) -> int:
+def _content_length(head: Head, method: str) -> int:
     """Go's ``resp.ContentLength``: the declared length, ``-1`` when unknown."""
     declared = head.first("content-length")
     length = int(declared) if declared and declared.strip().isdigit() else -1
@@ -1036,15 +883,13 @@ class _BodySink:
         self.length = 0
         self.too_large = False
 
-    @property
-    def full(self) -> bool:
-        return self.too_large
-
-    def feed(self, raw: bytes) -> None:
+    def feed(self, raw: bytes) -> bool:
+        """Take raw body bytes; True once no more are wanted (the limit was passed)."""
         for piece in self._decoder.decode(raw):
             self._take(piece)
             if self.too_large:
-                return  # stop decompressing: the rest would be thrown away
+                return True  # stop decompressing: the rest would be thrown away
+        return False
 
     def finish(self) -> None:
         for piece in self._decoder.flush():
@@ -1059,22 +904,6 @@ class _BodySink:
         room = self._keep - len(self.kept)
         if room > 0:
             self.kept += piece[:room]
-
-
-async def _read_body(response: _Response, stream: Stream, sink: _BodySink) -> None:
-    while True:
-        for piece in response.take_body():
-            sink.feed(piece)
-            if sink.full:
-                return
-        if response.complete:
-            sink.finish()
-            return
-        chunk = await stream.read(READ_CHUNK)
-        if chunk:
-            response.feed(chunk)
-        else:
-            response.end_of_stream()
 
 
 # --- the verdict --------------------------------------------------------------------------
@@ -1118,7 +947,7 @@ def _check(cfg: HTTPProbe, final: _Final, rec: Recorder) -> None:
         rec.fail(Reason.TLS_REQUIRED, "the final response did not come over TLS (fail_if_not_ssl)")
 
 
-def _header_problem(cfg: HTTPProbe, head: _Head) -> str | None:
+def _header_problem(cfg: HTTPProbe, head: Head) -> str | None:
     for spec in cfg.fail_if_header_matches:
         values = head.values(spec.header.lower())
         if not values and not spec.allow_missing:

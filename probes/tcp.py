@@ -64,9 +64,7 @@ async def probe(target: str, module: Module, rec: Recorder, connector: Connector
     if cfg.tls or any(step.starttls for step in cfg.query_response):
         connector.ssl_context(cfg.tls_config)  # a bad tls_config fails before any traffic
     ip = await connector.resolve(host, rec, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
-    stream = await connector.connect(
-        ip, port, rec, source_ip=cfg.source_ip_address, limit=MAX_LINE
-    )
+    stream = await connector.connect(ip, port, rec, source_ip=cfg.source_ip_address, limit=MAX_LINE)
     try:
         if cfg.tls:
             await connector.start_tls(stream, cfg.tls_config, host, rec)

@@ -7,10 +7,13 @@ import json
 import shutil
 import socket
 import ssl
-from collections.abc import AsyncIterator
+import struct
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import dns.message
 import dns.rrset
 import pytest
 import trustme
@@ -18,7 +21,8 @@ from aiohttp import web
 
 from agent.dnsserver import Action, DNSServer, Zone
 from probes import Module, ProbeResult, Reason, run_probe
-from probes.dns import rr_texts
+from probes.connection import Memo
+from probes.dnsmessage import DNSAnswer, rr_texts
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "blackbox"
 
@@ -191,11 +195,14 @@ async def test_truncated_udp_answer_is_reported_not_retried(target: str, server:
     assert [q.transport for q in server.queries] == ["udp"]
 
 
-async def test_udp_to_a_closed_port_is_refused() -> None:
+def closed_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    result = await probe(f"127.0.0.1:{port}")
+        return int(sock.getsockname()[1])
+
+
+async def test_udp_to_a_closed_port_is_refused() -> None:
+    result = await probe(f"127.0.0.1:{closed_udp_port()}")
     assert result.reason is Reason.CONNECT_REFUSED
 
 
@@ -210,6 +217,166 @@ async def test_udp_to_a_closed_port_is_refused() -> None:
 def test_bad_dns_names_are_rejected_at_load(key: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Module.model_validate({"prober": "dns", "dns": {"query_name": "a.test", key: value}})
+
+
+# -- matching answers to queries: a scripted UDP server ---------------------------------------
+
+Script = Callable[[dns.message.Message], list[bytes]]
+
+
+class ScriptedServer(asyncio.DatagramProtocol):
+    """Answers each query with the datagrams ``script`` makes, in order; keeps every query."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.queries: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's selector transport does not subclass DatagramTransport, so no isinstance
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        self.queries.append(data)
+        for datagram in self.script(dns.message.from_wire(data)):
+            self.transport.sendto(datagram, addr)
+
+
+@asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[tuple[str, ScriptedServer]]:
+    """A UDP DNS server on 127.0.0.1 port 0 that follows ``script``: (target, server)."""
+    loop = asyncio.get_running_loop()
+    transport, server = await loop.create_datagram_endpoint(
+        lambda: ScriptedServer(script), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        yield f"127.0.0.1:{transport.get_extra_info('sockname')[1]}", server
+    finally:
+        transport.close()
+
+
+def a_answer(
+    query: dns.message.Message,
+    address: str,
+    *,
+    qid: int | None = None,
+    question: str | None = None,
+    ttl: int = 300,
+) -> bytes:
+    """An answer to ``query`` with one A record; ``qid``/``question`` make it mismatch."""
+    asked = query
+    if question is not None:
+        asked = dns.message.make_query(question, "A", use_edns=False, id=query.id)
+    response = dns.message.make_response(asked)
+    response.answer.append(dns.rrset.from_text("www.demo.test.", ttl, "IN", "A", address))
+    if qid is not None:
+        response.id = qid
+    return response.to_wire()
+
+
+def mismatches_first(query: dns.message.Message) -> list[bytes]:
+    return [
+        a_answer(query, "10.0.0.1", qid=query.id ^ 0xFFFF),
+        a_answer(query, "10.0.0.2", question="other.demo.test"),
+        # a server may echo the name in another case (DNS 0x20): it is the same question
+        a_answer(query, "127.0.0.1", question="WWW.Demo.TEST"),
+    ]
+
+
+async def test_udp_skips_answers_with_another_id_or_question() -> None:
+    async with scripted(mismatches_first) as (target, server):
+        result = await probe(target)
+    assert result.reason is Reason.SUCCESS, result.detail
+    # the RR's name is compressed against the question, so it is printed in the echoed case
+    assert result.extra["dns"]["answer"] == ["WWW.Demo.TEST.\t300\tIN\tA\t127.0.0.1"]
+    assert metric(result, "probe_dns_answer_rrs") == 1
+    assert len(server.queries) == 1
+
+
+async def test_each_query_has_a_fresh_id_and_dnspythons_wire_form() -> None:
+    async with scripted(lambda query: [a_answer(query, "127.0.0.1")]) as (target, server):
+        for _ in range(8):
+            assert (await probe(target)).reason is Reason.SUCCESS
+    # 8 random 16-bit IDs are all equal with a probability of 2**-112
+    assert len({query[:2] for query in server.queries}) > 1
+    made = dns.message.make_query("www.demo.test", "A", use_edns=False, id=0).to_wire()
+    assert {query[2:] for query in server.queries} == {made[2:]}
+
+
+async def test_each_distinct_answer_is_read_as_it_is() -> None:
+    # a caching resolver counts TTLs down: equal answers but for the TTL are not confused
+    ttls = iter([300, 299, 300])
+
+    def counting_down(query: dns.message.Message) -> list[bytes]:
+        return [a_answer(query, "127.0.0.1", ttl=next(ttls))]
+
+    async with scripted(counting_down) as (target, _):
+        answers = [(await probe(target)).extra["dns"]["answer"] for _ in range(3)]
+    assert [answer[0].split("\t")[1] for answer in answers] == ["300", "299", "300"]
+
+
+async def test_an_unparseable_udp_answer_is_a_protocol_error() -> None:
+    async with scripted(lambda query: [query.to_wire()[:2] + b"\x80"]) as (target, _):
+        result = await probe(target)
+    assert result.reason is Reason.DNS_PROTOCOL_ERROR
+    assert metric(result, "probe_dns_query_succeeded") == 0
+
+
+async def test_tcp_answer_with_another_id_is_a_protocol_error(serve: Any) -> None:
+    async def wrong_id(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        query = dns.message.from_wire(await reader.readexactly(length))
+        wire = a_answer(query, "127.0.0.1", qid=query.id ^ 1)
+        writer.write(struct.pack("!H", len(wire)) + wire)
+        await writer.drain()
+
+    async with serve(wrong_id) as port:
+        result = await probe(f"127.0.0.1:{port}", transport_protocol="tcp")
+    assert result.reason is Reason.DNS_PROTOCOL_ERROR
+    assert "does not match" in result.detail
+
+
+def test_an_answer_keeps_its_own_facts() -> None:
+    query = dns.message.make_query("demo.test", "SOA", use_edns=False)
+    response = dns.message.make_response(query)
+    response.answer.append(
+        dns.rrset.from_text("demo.test.", 60, "IN", "SOA", "ns. host. 7 3600 600 86400 60")
+    )
+    response.flags |= dns.flags.TC
+    answer = DNSAnswer.from_wire(response.to_wire(), Memo())
+    assert answer.counts == (1, 0, 0)
+    assert answer.serial == 7
+    assert answer.truncated
+    texts = answer.texts()
+    assert texts.rcode == "NOERROR"
+    assert texts.flags == "QR TC RD"
+    assert texts.answer == ("demo.test.\t60\tIN\tSOA\tns. host. 7 3600 600 86400 60",)
+    assert answer.texts() is texts  # formatted once
+
+
+def run_on_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
+def test_udp_on_uvloop() -> None:
+    """The UDP path on uvloop (what ``seismo agent`` runs on): its socket calls differ."""
+
+    async def scenario() -> None:
+        async with DNSServer(ZONE) as server:
+            ok = await probe(f"127.0.0.1:{await server.start()}")
+        assert ok.reason is Reason.SUCCESS, ok.detail
+        assert metric(ok, "probe_dns_answer_rrs") == 2
+        async with scripted(mismatches_first) as (target, _):
+            skipped = await probe(target)
+        assert skipped.reason is Reason.SUCCESS, skipped.detail
+        assert skipped.extra["dns"]["answer"] == ["WWW.Demo.TEST.\t300\tIN\tA\t127.0.0.1"]
+        refused = await probe(f"127.0.0.1:{closed_udp_port()}")
+        assert refused.reason is Reason.CONNECT_REFUSED
+
+    run_on_uvloop(scenario)
 
 
 # -- blackbox compatibility ------------------------------------------------------------------
@@ -325,11 +492,16 @@ DNSMASQ = shutil.which("dnsmasq") or (
 
 def free_port() -> int:
     # dnsmasq binds UDP and TCP on one number; a just-freed UDP+TCP pair is the best we can do
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp_sock, socket.socket() as tcp_sock:
-        udp_sock.bind(("127.0.0.1", 0))
-        port = int(udp_sock.getsockname()[1])
-        tcp_sock.bind(("127.0.0.1", port))
-        return port
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # that number is taken over TCP: draw another
+            return port
+    raise AssertionError("no port free over both UDP and TCP in 20 draws")
 
 
 async def _start_dnsmasq(port: int) -> asyncio.subprocess.Process | None:

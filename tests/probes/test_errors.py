@@ -20,7 +20,6 @@ import dns.name
 import dns.query
 import dns.rdata
 import dns.resolver
-import h11
 import httptools
 import pytest
 
@@ -68,7 +67,6 @@ FOREIGN_ROOTS: tuple[type[BaseException], ...] = (
     ssl.SSLError,
     OSError,  # socket.gaierror, ConnectionError, TimeoutError, ...
     dns.exception.DNSException,
-    h11.RemoteProtocolError,
     httptools.HttpParserError,
     asyncio.IncompleteReadError,
     asyncio.LimitOverrunError,
@@ -85,7 +83,6 @@ PROBE_LIBRARIES = {
     "_ssl",
     "asyncio",
     "dns",
-    "h11",
     "httptools",
     "zlib",
 }
@@ -114,7 +111,6 @@ BUGS: tuple[type[BaseException], ...] = (
     ZeroDivisionError,
     RuntimeError,
     NotImplementedError,
-    h11.LocalProtocolError,  # seismo misused h11: a bug, not the server's fault
     asyncio.InvalidStateError,
     asyncio.CancelledError,  # never a reason: cancellation must propagate
 )
@@ -152,7 +148,6 @@ def test_bugs_are_not_translated(cls: type[BaseException]) -> None:
         (dns.resolver.NXDOMAIN(), "resolve", Reason.DNS_NXDOMAIN),
         (dns.resolver.NoAnswer(), "resolve", Reason.DNS_NO_ADDRESS),
         (dns.exception.Timeout(), "resolve", Reason.DNS_RESOLVE_TIMEOUT),
-        (h11.RemoteProtocolError("bad"), "processing", Reason.HTTP_PROTOCOL_ERROR),
         (httptools.HttpParserInvalidStatusError("bad"), "transfer", Reason.HTTP_PROTOCOL_ERROR),
         (zlib.error("invalid block type"), "transfer", Reason.HTTP_PROTOCOL_ERROR),
     ],
