@@ -18,9 +18,15 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 from bench.harness import AGENT_CPU, Fleet, make_certs, print_machine
 from bench.probe_throughput import KINDS, write_configs
+from probes import dnsmessage
+from probes.connection import Memo
+
+_R = TypeVar("_R")
 
 
 def targets_for(kind: str, ports: dict[str, list[int]], dns_port: int) -> list[str]:
@@ -33,13 +39,33 @@ def targets_for(kind: str, ports: dict[str, list[int]], dns_port: int) -> list[s
     return [f"127.0.0.1:{p}" for p in ports["https"]]
 
 
+class _FreshAnswers(Memo):
+    """The Connector's memo, except that no DNS answer is kept: each one is read anew.
+
+    What a probe of a caching resolver costs: its TTLs count down once a second, so a check
+    at a 10 s interval (or a scrape every few seconds) never sees the same answer twice.
+    """
+
+    def __call__(self, fn: Callable[..., _R], *args: Hashable) -> _R:
+        if fn is dnsmessage._read:
+            return fn(*args)
+        return super().__call__(fn, *args)
+
+
 async def loop_probes(
-    module: object, targets: list[str], count: int, concurrency: int, render: bool
+    module: object,
+    targets: list[str],
+    count: int,
+    concurrency: int,
+    render: bool,
+    fresh_answers: bool = False,
 ) -> tuple[int, int]:
     from agent.metrics import render_probe
     from probes import Connector, run_probe
 
     connector = Connector()
+    if fresh_answers:
+        connector.memo = _FreshAnswers()
     issued = ok = 0
 
     async def worker() -> None:
@@ -66,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--render", action="store_true", help="also render the /probe page")
     p.add_argument("--no-uvloop", action="store_true")
+    p.add_argument(
+        "--fresh-answers", action="store_true", help="read every DNS answer anew (no memo)"
+    )
     args = p.parse_args(argv)
     print_machine()
     from agent.config import load_config
@@ -88,10 +117,21 @@ def main(argv: list[str] | None = None) -> int:
             targets = targets_for(kind, ports, dns_port)
             rates = []
             for _ in range(args.reps):
-                asyncio.run(loop_probes(module, targets, 300, args.concurrency, args.render))
+                asyncio.run(
+                    loop_probes(
+                        module, targets, 300, args.concurrency, args.render, args.fresh_answers
+                    )
+                )
                 c0 = time.process_time()
                 done, ok = asyncio.run(
-                    loop_probes(module, targets, args.count, args.concurrency, args.render)
+                    loop_probes(
+                        module,
+                        targets,
+                        args.count,
+                        args.concurrency,
+                        args.render,
+                        args.fresh_answers,
+                    )
                 )
                 cpu = time.process_time() - c0
                 if ok != done:
@@ -99,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 rates.append(ok / cpu)
             print(
                 f"{kind:8} {statistics.median(rates):6.0f} probes/CPU-s "
-                f"[{min(rates):.0f}-{max(rates):.0f}] render={args.render}",
+                f"[{min(rates):.0f}-{max(rates):.0f}] render={args.render}"
+                f" fresh_answers={args.fresh_answers}",
                 flush=True,
             )
     return 0
