@@ -36,9 +36,10 @@ from agent.faults.kinds import all_kinds
 from agent.faults.ledger import Ledger, ledger_path
 from agent.faults.preflight import detect
 from agent.faults.targets import TargetResolver
+from agent.front import Front
 from agent.metrics import AgentMetrics
 from agent.scheduler import CheckSpec, LoopLagMonitor, Scheduler
-from agent.server import bound_port, build_app
+from agent.server import build_app
 from probes import Connector, run_probe
 from probes.result import ProbeResult
 
@@ -94,6 +95,7 @@ class Agent:
         self.demo: DemoTargets | None = None
         self.ready = False
         self.port = 0
+        self.front: Front | None = None  # the listening socket (agent.front), set by run()
         self.lag = LoopLagMonitor()
         self.connector = Connector()
         self.clock: Callable[[], float] = time.monotonic
@@ -114,6 +116,7 @@ class Agent:
         self.clock = loop.time
         self.data_dir.mkdir(parents=True, exist_ok=True)
         runner: web.AppRunner | None = None
+        front: Front | None = None
         experiments_started = False
         try:
             if self.config_path is None:
@@ -126,9 +129,10 @@ class Agent:
             experiments_started = True
             runner = web.AppRunner(build_app(self), access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, self.listen[0], self.listen[1])
-            await site.start()
-            self.port = bound_port(site)
+            assert runner.server is not None
+            front = self.front = Front(self, runner.server)  # /probe; aiohttp for the rest
+            await front.start(self.listen[0], self.listen[1])
+            self.port = front.port
             self._announce_start()
             if handle_signals:
                 self._install_signals(loop)
@@ -157,8 +161,10 @@ class Agent:
             if handle_signals:
                 for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+            if front is not None:
+                await front.close()  # stop listening; cancel the probes in flight
             if runner is not None:
-                await runner.cleanup()
+                await runner.cleanup()  # closes the connections handed over to aiohttp
             if self.demo is not None:
                 await self.demo.close()
 

@@ -13,7 +13,9 @@
 
 ``/probe`` follows blackbox_exporter: ``module`` defaults to ``http_2xx``; the timeout is the
 module's, capped by ``X-Prometheus-Scrape-Timeout-Seconds`` minus 0.5 s (120 s without the
-header); a bad query is HTTP 400 with a message.
+header); a bad query is HTTP 400 with a message. ``probe_request`` reads those parameters for
+this handler and for the lean front (agent.front), which answers the common ``/probe`` call
+on the listening socket without aiohttp and hands everything else to this app.
 
     app = build_app(agent)
 """
@@ -22,25 +24,38 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from aiohttp import web
+from yarl import URL
 
 from agent.auth import check_bearer
 from agent.experiments.api import add_routes as add_run_routes
 from agent.faults.api import routes as fault_routes
 from agent.metrics import CONTENT_TYPE, render_probe
 from probes import run_probe
-from probes.modules import parse_duration
+from probes.modules import Module, parse_duration
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
     from agent.scheduler import CheckRuntime
 
-__all__ = ["AGENT", "bound_port", "build_app"]
+__all__ = [
+    "AGENT",
+    "SCRAPE_TIMEOUT_HEADER",
+    "ProbeQueryError",
+    "ProbeRequest",
+    "bound_port",
+    "build_app",
+    "probe_request",
+]
 
 AGENT: web.AppKey[Agent] = web.AppKey("agent")
+#: the scrape's budget, which Prometheus sends with every /probe call
+SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 #: blackbox_exporter's --timeout-offset default
 TIMEOUT_OFFSET = 0.5
 #: the longest window a summary may ask for (the scheduler keeps about this much history)
@@ -99,16 +114,60 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(status=503, text="not ready: config not loaded or scheduler not running\n")
 
 
-def probe_timeout(request: web.Request, module_timeout: float | None) -> float:
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """One ``/probe`` call, read from its query and headers."""
+
+    module_name: str
+    module: Module
+    target: str
+    timeout: float
+    debug: bool
+
+
+class ProbeQueryError(ValueError):
+    """A ``/probe`` call that blackbox_exporter answers with HTTP 400; ``str()`` is the text."""
+
+
+def probe_request(
+    raw_query: str, scrape_timeout: str | None, modules: Mapping[str, Module]
+) -> ProbeRequest:
+    """``/probe``'s parameters, as blackbox_exporter reads them.
+
+    The one place they are read: the aiohttp handler below and the lean front
+    (agent.front) both call it. ``raw_query`` is the query string as it came (still
+    percent-encoded), decoded here by yarl as aiohttp decodes every query; a repeated
+    parameter counts by its first value. ``scrape_timeout`` is the
+    ``X-Prometheus-Scrape-Timeout-Seconds`` header (None or empty when absent).
+
+        request = probe_request("module=http_2xx&target=example.com", "10", config.modules)
+    """
+    query = URL.build(query_string=raw_query, encoded=True).query
+    module_name = query.get("module", "http_2xx")
+    module = modules.get(module_name)
+    if module is None:
+        raise ProbeQueryError(f"Unknown module {module_name!r}\n")
+    target = query.get("target", "")
+    if not target:
+        raise ProbeQueryError("Target parameter is missing\n")
+    return ProbeRequest(
+        module_name=module_name,
+        module=module,
+        target=target,
+        timeout=_probe_timeout(scrape_timeout, module.timeout),
+        debug=query.get("debug", "").lower() == "true",
+    )
+
+
+def _probe_timeout(header: str | None, module_timeout: float | None) -> float:
     """blackbox_exporter's getTimeout: the module's timeout within the scrape's budget."""
-    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
     scrape = 0.0
     if header:
         try:
             scrape = float(header)
         except ValueError:
-            raise web.HTTPBadRequest(
-                text=f"Failed to parse timeout from Prometheus header: {header!r}\n"
+            raise ProbeQueryError(
+                f"Failed to parse timeout from Prometheus header: {header!r}\n"
             ) from None
     if scrape == 0:
         scrape = 120.0
@@ -120,23 +179,21 @@ def probe_timeout(request: web.Request, module_timeout: float | None) -> float:
 
 async def probe(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    query = request.rel_url.query
-    module_name = query.get("module", "http_2xx")
-    module = agent.config.modules.get(module_name)
-    if module is None:
-        raise web.HTTPBadRequest(text=f"Unknown module {module_name!r}\n")
-    target = query.get("target", "")
-    if not target:
-        raise web.HTTPBadRequest(text="Target parameter is missing\n")
-    debug = query.get("debug", "").lower() == "true"
-    timeout = probe_timeout(request, module.timeout)
-    result = await run_probe(module, target, timeout, connector=agent.connector)
+    try:
+        call = probe_request(
+            request.rel_url.raw_query_string,
+            request.headers.get(SCRAPE_TIMEOUT_HEADER),
+            agent.config.modules,
+        )
+    except ProbeQueryError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    result = await run_probe(call.module, call.target, call.timeout, connector=agent.connector)
     page = render_probe(result)
-    if not debug:
+    if not call.debug:
         return web.Response(text=page, headers={"Content-Type": CONTENT_TYPE})
     report = [
         "Logs for the probe:",
-        f"module={module_name} target={target} timeout={timeout:g}s",
+        f"module={call.module_name} target={call.target} timeout={call.timeout:g}s",
         f"result={'success' if result.success else 'failure'} reason={result.reason.value}",
         *(f"detail={result.detail}" for _ in [0] if result.detail),
         *(f"phase {k}: {v * 1000:.3f} ms" for k, v in result.phases.items()),
@@ -144,7 +201,7 @@ async def probe(request: web.Request) -> web.Response:
         "Metrics that would have been returned:",
         page,
         "Module configuration:",
-        yaml.safe_dump(module.model_dump(mode="json", exclude_defaults=True), sort_keys=False),
+        yaml.safe_dump(call.module.model_dump(mode="json", exclude_defaults=True), sort_keys=False),
     ]
     return web.Response(text="\n".join(report))
 
