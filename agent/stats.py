@@ -47,15 +47,6 @@ class Histogram:
         if value > self.max:
             self.max = value
 
-    def cumulative(self) -> list[tuple[float, int]]:
-        """``(upper bound, cumulative count)`` pairs, ending with ``(inf, count)``."""
-        out: list[tuple[float, int]] = []
-        total = 0
-        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
-            total += n
-            out.append((bound, total))
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class Summary:

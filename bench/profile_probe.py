@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--svg", type=Path, help="also write a flame graph here")
+    p.add_argument("--raw", type=Path, help="also keep the collapsed stacks here")
     p.add_argument("--checks", type=int, default=0, help="profile N continuous checks instead")
     p.add_argument("--warmup", type=float, default=20.0, help="seconds before sampling checks")
     args = p.parse_args(argv)
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(cmd, check=True, capture_output=True, timeout=args.seconds + 60)
         if load is not None:
             load.join(timeout=args.seconds + 90)
+        if args.raw:
+            shutil.copyfile(collapsed, args.raw)
         top(collapsed, args.top)
     return 0
 

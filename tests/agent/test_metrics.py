@@ -97,3 +97,83 @@ def test_agent_page_has_identity_histograms_and_drops_removed_checks() -> None:
     samples = parse(metrics.render(sched).decode())
     assert not [k for k in samples if dict(k[1]).get("check") == "a"]
     assert [k for k in samples if dict(k[1]).get("check") == "b"]
+
+
+def scheduler_with(*specs: CheckSpec) -> Scheduler:
+    async def runner(spec: CheckSpec) -> ProbeResult:
+        raise AssertionError("not run")
+
+    sched = Scheduler(runner, node="n1")
+    sched.update(list(specs))
+    return sched
+
+
+def check(name: str, target: str = "", module: str = "web") -> CheckSpec:
+    return CheckSpec(
+        name=name,
+        module_name=module,
+        module=HTTP,
+        target=target or f"http://{name}/",
+        interval=1,
+        timeout=1,
+    )
+
+
+def dns_result() -> ProbeResult:
+    rec = Recorder("dns")
+    rec.gauge("probe_dns_answer_rrs", 1, help="Returns number of entries in the answer RRset")
+    rec.gauge("probe_ip_protocol", 4, help="Specifies whether probe ip protocol is IP4 or IP6")
+    return rec.finish("10.0.0.53", Reason.SUCCESS, "", 0.002, time.time())
+
+
+def ident(name: str) -> frozenset[tuple[str, str]]:
+    """The identity labels of check ``name`` (an http check of module "web", node n1)."""
+    labels = {"check": name, "module": "web", "target": f"http://{name}/"}
+    return frozenset({**labels, "region": "r", "zone": "z", "node": "n1"}.items())
+
+
+def test_page_groups_each_family_once_across_checks_of_different_kinds() -> None:
+    sched = scheduler_with(check("a"), check("d", "10.0.0.53", "dns"), check("b"))
+    for rt in sched.checks():
+        rt.record(dns_result() if rt.spec.module_name == "dns" else result(), 0.0, 1.0)
+    metrics = AgentMetrics(CollectorRegistry(), Identity(region="r", zone="z", node="n1"))
+    text = metrics.render(sched).decode()
+    families: list[str] = []
+    for line in text.splitlines():
+        name = line.split()[2] if line.startswith("# TYPE") else ""
+        if name:
+            assert name not in families, f"{name} has two blocks"
+            families.append(name)
+        elif not line.startswith("#"):
+            assert line.startswith(families[-1]), f"{line!r} is outside its family's block"
+    labels = 'check="a",module="web",target="http://a/",region="r",zone="z",node="n1"'
+    assert f"probe_http_status_code{{{labels}}} 200\n" in text  # integral: no ".0"
+    assert f'seismo_check_duration_seconds_bucket{{{labels},le="0.001"}} 0\n' in text
+    assert f'seismo_check_duration_seconds_bucket{{{labels},le="+Inf"}} 1\n' in text
+    assert f'seismo_check_runs_total{{{labels},result="success",reason="success"}} 1\n' in text
+    assert 'probe_dns_answer_rrs{check="d",module="dns",target="10.0.0.53",' in text
+
+
+def test_page_follows_new_results_replaced_checks_and_identity() -> None:
+    sched = scheduler_with(check("a"))
+    rt = sched.get("a")
+    assert rt is not None
+    rt.record(result(), 0.0, 1.0)
+    metrics = AgentMetrics(CollectorRegistry(), Identity(region="r", zone="z", node="n1"))
+    assert parse(metrics.render(sched).decode())[("probe_success", ident("a"))] == 1
+
+    rt.record(result(Reason.HTTP_STATUS), 0.0, 2.0)  # a new result: the next scrape shows it
+    assert parse(metrics.render(sched).decode())[("probe_success", ident("a"))] == 0
+
+    sched.update([check("a", "http://moved/")])  # same name, new target: a new check
+    moved = sched.get("a")
+    assert moved is not None and moved is not rt
+    moved.record(result(), 0.0, 3.0)
+    samples = parse(metrics.render(sched).decode())
+    targets = {dict(labels).get("target") for _, labels in samples if dict(labels).get("check")}
+    assert targets == {"http://moved/"}
+
+    metrics.set_identity(Identity(region="r", zone="z", node="n2"))
+    samples = parse(metrics.render(sched).decode())
+    nodes = {dict(labels).get("node") for _, labels in samples if dict(labels).get("check")}
+    assert nodes == {"n2"}

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from agent.scheduler import CheckSpec, Scheduler, slot_offset
+from agent.scheduler import SLOT_GRID, CheckSpec, ConcurrencyCap, Scheduler, slot_offset
 from probes.modules import Module
 from probes.result import ProbeResult, Reason, Recorder
 from tests.waiting import until
@@ -48,12 +49,15 @@ async def running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
             await task
 
 
-def test_offset_is_deterministic_and_spread() -> None:
+def test_offset_is_deterministic_spread_and_on_the_grid() -> None:
     assert slot_offset("a", "n1", 10) == slot_offset("a", "n1", 10)
-    offsets = {slot_offset(f"check-{i}", "n1", 10) for i in range(200)}
-    assert all(0 <= o < 10 for o in offsets)
+    offsets = {slot_offset(f"check-{i}", "n1", 60) for i in range(200)}
+    assert all(0 <= o < 60 for o in offsets)
     assert len(offsets) > 190  # not in lock-step
     assert slot_offset("a", "n1", 10) != slot_offset("a", "n2", 10)  # nodes differ too
+    # on the grid, so that checks due at one instant share a wake-up of the loop
+    assert all(round(o / SLOT_GRID) * SLOT_GRID == pytest.approx(o) for o in offsets)
+    assert all(0 <= slot_offset(f"check-{i}", "n1", 0.1) < 0.1 for i in range(50))
 
 
 async def test_runs_repeat_and_record_results() -> None:
@@ -125,6 +129,90 @@ async def test_concurrency_cap_is_respected() -> None:
         gate.set()
         await until(lambda: all(rt.last is not None for rt in sched.checks()))
     assert max_active == 3
+
+
+def test_concurrency_cap_hands_freed_slots_to_waiters_in_order() -> None:
+    cap = ConcurrencyCap[str](2)
+    assert cap.try_take() and cap.try_take()
+    assert not cap.try_take()
+    for item in ("a", "b", "c"):
+        cap.wait(item)
+    assert cap.leave() == "a"  # the freed slot passes to the oldest waiter...
+    assert not cap.try_take()  # ...so nothing arriving now overtakes the queue
+    assert cap.leave() == "b"
+    assert cap.clear() == ["c"]  # dropped waiters never held a slot
+    assert cap.leave() is None and cap.leave() is None  # both slots are free again
+    assert cap.try_take() and cap.try_take() and not cap.try_take()
+
+
+async def test_a_run_waiting_for_the_cap_counts_as_late() -> None:
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def runner(s: CheckSpec) -> ProbeResult:
+        started.append(s.name)
+        await gate.wait()
+        return ok(s.target)
+
+    sched = Scheduler(runner, node="n1", max_concurrency=1)
+    sched.update([spec("a"), spec("b")])
+    async with running(sched):
+        await until(lambda: len(started) == 1 and all(rt.running for rt in sched.checks()))
+        waiting = sched.get("b" if started[0] == "a" else "a")
+        assert waiting is not None
+        await until(lambda: waiting.skipped >= 1)  # its next slot came: it waited >= interval
+        gate.set()
+        await until(lambda: waiting.last is not None)
+    assert started[1] == waiting.spec.name
+    assert waiting.last_lateness >= waiting.spec.interval
+
+
+async def test_a_removed_check_gives_up_its_place_in_the_queue() -> None:
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def runner(s: CheckSpec) -> ProbeResult:
+        started.append(s.name)
+        await gate.wait()
+        return ok(s.target)
+
+    specs = [spec("a"), spec("b"), spec("c")]
+    sched = Scheduler(runner, node="n1", max_concurrency=1)
+    sched.update(specs)
+    async with running(sched):
+        await until(lambda: len(started) == 1 and all(rt.running for rt in sched.checks()))
+        gone, kept = [s for s in specs if s.name != started[0]]
+        gone_rt = sched.get(gone.name)
+        assert gone_rt is not None
+        sched.update([s for s in specs if s is not gone])
+        gate.set()
+        kept_rt = sched.get(kept.name)
+        assert kept_rt is not None
+        await until(lambda: kept_rt.last is not None)
+        assert gone.name not in started
+        assert not gone_rt.running
+
+
+async def test_stopping_with_queued_runs_is_clean(caplog: pytest.LogCaptureFixture) -> None:
+    """Timers stop and the queue empties before the TaskGroup winds the runs down."""
+    started: list[str] = []
+
+    async def runner(s: CheckSpec) -> ProbeResult:
+        started.append(s.name)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # a slow clean-up: slots come and go meanwhile
+            raise
+        raise AssertionError("unreachable")
+
+    sched = Scheduler(runner, node="n1", max_concurrency=1)
+    sched.update([spec("a"), spec("b"), spec("c")])
+    async with running(sched):
+        await until(lambda: len(started) == 1 and all(rt.running for rt in sched.checks()))
+    assert len(started) == 1  # the queued runs never started
+    assert not any(rt.running or rt.handle is not None for rt in sched.checks())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_broken_probe_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
