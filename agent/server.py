@@ -99,7 +99,9 @@ async def index(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
-    body = agent.metrics.render(agent.scheduler, agent.lag, agent.experiments.stats(), agent.faults)
+    body = await agent.metrics.render_async(
+        agent.scheduler, agent.lag, agent.experiments.stats(), agent.faults
+    )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

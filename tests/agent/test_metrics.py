@@ -177,3 +177,60 @@ def test_page_follows_new_results_replaced_checks_and_identity() -> None:
     samples = parse(metrics.render(sched).decode())
     nodes = {dict(labels).get("node") for _, labels in samples if dict(labels).get("check")}
     assert nodes == {"n2"}
+
+
+async def test_agent_page_in_slices_is_the_same_page_and_lets_the_loop_run() -> None:
+    import asyncio
+
+    from agent import metrics as metrics_module
+
+    async def runner(spec: CheckSpec) -> ProbeResult:
+        raise AssertionError("not run")
+
+    sched = Scheduler(runner, node="n1")
+    count = 2 * metrics_module.CHECKS_PER_SLICE + 7
+    sched.update(
+        [
+            CheckSpec(
+                name=f"c{i}", module_name="web", module=HTTP, target="t", interval=1, timeout=1
+            )
+            for i in range(count)
+        ]
+    )
+    for rt in sched.checks():
+        rt.record(result(), 0.001, 1.0)
+    metrics = AgentMetrics(CollectorRegistry(), Identity(node="n1"))
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    sliced = await metrics.render_async(sched)
+    during = ticks - before
+    task.cancel()
+    assert sliced == metrics.render(sched)
+    assert (
+        parse(sliced.decode())[
+            (
+                "probe_success",
+                frozenset(
+                    {
+                        ("check", "c0"),
+                        ("module", "web"),
+                        ("target", "t"),
+                        ("region", ""),
+                        ("zone", ""),
+                        ("node", "n1"),
+                    }
+                ),
+            )
+        ]
+        == 1
+    )
+    assert during >= 3  # the loop ran between the three slices
