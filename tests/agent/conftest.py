@@ -25,9 +25,9 @@ class Target:
     port: int
 
 
-@pytest.fixture
-async def http_target() -> AsyncIterator[Target]:
-    """The demo HTTP app on a loopback port."""
+@contextlib.asynccontextmanager
+async def serve_demo_target() -> AsyncIterator[Target]:
+    """The demo HTTP app on a loopback port (a context manager, for tests on their own loop)."""
     runner = web.AppRunner(demo_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -39,8 +39,8 @@ async def http_target() -> AsyncIterator[Target]:
         await runner.cleanup()
 
 
-@pytest.fixture
-async def hanging_target() -> AsyncIterator[Target]:
+@contextlib.asynccontextmanager
+async def serve_hanging_target() -> AsyncIterator[Target]:
     """Accepts TCP connections and never answers."""
     held: list[asyncio.StreamWriter] = []
 
@@ -56,6 +56,20 @@ async def hanging_target() -> AsyncIterator[Target]:
             w.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.fixture
+async def http_target() -> AsyncIterator[Target]:
+    """The demo HTTP app on a loopback port."""
+    async with serve_demo_target() as target:
+        yield target
+
+
+@pytest.fixture
+async def hanging_target() -> AsyncIterator[Target]:
+    """Accepts TCP connections and never answers."""
+    async with serve_hanging_target() as target:
+        yield target
 
 
 @dataclass

@@ -17,16 +17,20 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from aiohttp import web
 
 import agent.front
 from agent import server
 from agent.daemon import Agent
-from agent.demo import demo_app
 from agent.front import Front, ProbeHead, parse_head
 from agent.server import ProbeQueryError, probe_request
 from probes import Module
-from tests.agent.conftest import RunningAgent, Target, start_agent
+from tests.agent.conftest import (
+    RunningAgent,
+    Target,
+    serve_demo_target,
+    serve_hanging_target,
+    start_agent,
+)
 from tests.waiting import until
 
 CONFIG = """
@@ -521,36 +525,6 @@ async def stop_with_open_connections(
 # --- the same under uvloop (what `seismo agent` runs on) ------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def demo_target() -> AsyncIterator[Target]:
-    runner = web.AppRunner(demo_app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = server.bound_port(site)
-    try:
-        yield Target(f"http://127.0.0.1:{port}/", port)
-    finally:
-        await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def silent_target() -> AsyncIterator[Target]:
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    listener = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    try:
-        yield Target(f"http://127.0.0.1:{port}/", port)
-    finally:
-        for w in held:
-            w.close()
-        listener.close()
-
-
 def run_on_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     uvloop = pytest.importorskip("uvloop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -559,7 +533,7 @@ def run_on_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 def test_on_uvloop(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with demo_target() as target, silent_target() as hanging:
+        async with serve_demo_target() as target, serve_hanging_target() as hanging:
             async with agent_with_config(tmp_path / "one") as a:
                 front = front_of(a)
                 async with connection(a.agent.port) as (reader, writer):
