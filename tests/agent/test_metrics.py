@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import Identity
-from agent.metrics import AgentMetrics, render_probe
+from agent.metrics import CHECKS_PER_SLICE, AgentMetrics, render_probe
 from agent.scheduler import CheckSpec, Scheduler
 from probes.modules import Module
 from probes.result import ProbeResult, Reason, Recorder
@@ -180,26 +181,10 @@ def test_page_follows_new_results_replaced_checks_and_identity() -> None:
 
 
 async def test_agent_page_in_slices_is_the_same_page_and_lets_the_loop_run() -> None:
-    import asyncio
-
-    from agent import metrics as metrics_module
-
-    async def runner(spec: CheckSpec) -> ProbeResult:
-        raise AssertionError("not run")
-
-    sched = Scheduler(runner, node="n1")
-    count = 2 * metrics_module.CHECKS_PER_SLICE + 7
-    sched.update(
-        [
-            CheckSpec(
-                name=f"c{i}", module_name="web", module=HTTP, target="t", interval=1, timeout=1
-            )
-            for i in range(count)
-        ]
-    )
+    sched = scheduler_with(*(check(f"c{i}") for i in range(2 * CHECKS_PER_SLICE + 7)))
     for rt in sched.checks():
         rt.record(result(), 0.001, 1.0)
-    metrics = AgentMetrics(CollectorRegistry(), Identity(node="n1"))
+    metrics = AgentMetrics(CollectorRegistry(), Identity(region="r", zone="z", node="n1"))
     ticks = 0
 
     async def ticker() -> None:
@@ -215,22 +200,5 @@ async def test_agent_page_in_slices_is_the_same_page_and_lets_the_loop_run() -> 
     during = ticks - before
     task.cancel()
     assert sliced == metrics.render(sched)
-    assert (
-        parse(sliced.decode())[
-            (
-                "probe_success",
-                frozenset(
-                    {
-                        ("check", "c0"),
-                        ("module", "web"),
-                        ("target", "t"),
-                        ("region", ""),
-                        ("zone", ""),
-                        ("node", "n1"),
-                    }
-                ),
-            )
-        ]
-        == 1
-    )
+    assert parse(sliced.decode())[("probe_success", ident("c0"))] == 1
     assert during >= 3  # the loop ran between the three slices
