@@ -98,11 +98,12 @@ class Memo:
         info = connector.memo(cert_info, der)
     """
 
-    __slots__ = ("_limit", "_tables")
+    __slots__ = ("_keyed", "_limit", "_tables")
 
     def __init__(self, limit: int = 4096) -> None:
         self._limit = limit
         self._tables: dict[Callable[..., object], dict[tuple[object, ...], object]] = {}
+        self._keyed: dict[Callable[..., object], dict[Hashable, tuple[object, object]]] = {}
 
     def __call__(self, fn: Callable[..., _R], *args: Hashable) -> _R:
         """``fn(*args)``, from the table when these arguments were seen before."""
@@ -117,6 +118,23 @@ class Memo:
             table.clear()
         result = table[args] = fn(*args)
         return result
+
+    def keyed(self, key: Hashable, fn: Callable[..., _R], *args: object) -> _R:
+        """``fn(*args)``, kept under ``key``: for arguments that do not hash (a config model),
+        which the key names by ``id``. The arguments are kept with the result, so an object
+        named by its id stays alive, and its id stays its own, as long as the entry.
+
+            request = connector.memo.keyed((id(cfg), url), build_request, cfg, url)
+        """
+        table = self._keyed.get(fn)
+        if table is None:
+            table = self._keyed[fn] = {}
+        entry = table.get(key)
+        if entry is None:
+            if len(table) >= self._limit:
+                table.clear()
+            entry = table[key] = (args, fn(*args))
+        return entry[1]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,7 @@ import re
 import urllib.request
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -150,8 +150,8 @@ async def _probe(target: str, cfg: HTTPProbe, rec: Recorder, connector: Connecto
     decoder_factory = _decoder_factory(cfg.compression)
     if cfg.oauth2 is not None:
         rec.fail(Reason.CONFIG_ERROR, "oauth2 is not supported by seismo yet")
-    url = _target_url(target)
-    first = await _first_request(cfg, url)
+    url = connector.memo(_target_url, target)
+    first = await _first_request(cfg, url, connector)
     proxy = _proxy_for(cfg, url)
     ip = None
     if proxy is None or not cfg.skip_resolve_phase_with_proxy:
@@ -227,6 +227,9 @@ class _Request:
     tls_config: TLSConfig
     authorization: str | None  # from basic_auth / bearer_token / authorization: every hop
     accept_encoding: str | None
+    #: the request's bytes as sent straight to the server without cookies, made once with
+    #: the memoised first request (None: made at each send)
+    wire: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,23 +239,40 @@ class _Hop:
     first_url: _URL
 
 
-async def _first_request(cfg: HTTPProbe, url: _URL) -> _Request:
+async def _first_request(cfg: HTTPProbe, url: _URL, connector: Connector) -> _Request:
+    """The first request, and its bytes: the same at every probe of a config and a target
+    while its secrets and body stay the same (they are read anew, as files may change)."""
+    body = await _request_body(cfg)
+    authorization = await _authorization(cfg, url)
+    return connector.memo.keyed(
+        (id(cfg), url, body, authorization), _build_first_request, cfg, url, body, authorization
+    )
+
+
+def _build_first_request(
+    cfg: HTTPProbe, url: _URL, body: bytes, authorization: str | None
+) -> _Request:
     headers = tuple((k, v) for k, v in cfg.headers.items() if k.lower() not in _OWN_HEADERS)
     host_override = next((v for k, v in cfg.headers.items() if k.lower() == "host"), None)
     # blackbox 0.23: a Host header also names the TLS server when server_name is unset
     server_name = _strip_port(host_override) if host_override else url.host
     accept = cfg.compression if cfg.compression not in ("", "identity") else None
-    return _Request(
+    request = _Request(
         method=cfg.method,
         url=url,
         headers=headers,
-        body=await _request_body(cfg),
+        body=body,
         host_header=host_override or url.authority,
         server_name=server_name,
         tls_config=cfg.tls_config,
-        authorization=await _authorization(cfg, url),
+        authorization=authorization,
         accept_encoding=accept,
     )
+    try:
+        wire = request_bytes(request.method, url.path, _wire_headers(request, None), body)
+    except ProbeFailed:
+        return request  # a bad header fails at the send, after the connect, as it always has
+    return replace(request, wire=wire)
 
 
 def _strip_port(authority: str) -> str:
@@ -491,9 +511,15 @@ async def _exchange(
         target = request.url.with_host(hop.ip) if hop.ip else request.url.text
         extra = (("Proxy-Authorization", proxy.authorization),) if proxy.authorization else ()
         request = _with_headers(request, extra)
+        payload = request_bytes(
+            request.method, target, _wire_headers(request, cookie), request.body
+        )
+    elif cookie is None and request.wire is not None:
+        payload = request.wire
     else:
-        target = request.url.path
-    payload = request_bytes(request.method, target, _wire_headers(request, cookie), request.body)
+        payload = request_bytes(
+            request.method, request.url.path, _wire_headers(request, cookie), request.body
+        )
     response = Response(request.method)
     stream = conn.stream
     with rec.phase("processing"):

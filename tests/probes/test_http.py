@@ -255,6 +255,21 @@ async def test_bearer_token(port: int, tmp_path: Path) -> None:
     assert (await probe(url, authorization=auth)).reason is Reason.SUCCESS
 
 
+async def test_a_rotated_secret_file_is_sent_at_the_next_probe(port: int, tmp_path: Path) -> None:
+    # one module and one connector, as a check has: the first request is memoised, and the
+    # memo must follow the file's content, not keep the first token
+    token = tmp_path / "token"
+    token.write_text("old\n")
+    mod = module(bearer_token_file=str(token))
+    connector = Connector()
+    url = f"http://127.0.0.1:{port}/bearer"
+    assert (await run_probe(mod, url, TIMEOUT, connector=connector)).reason is Reason.HTTP_STATUS
+    token.write_text("t0ken\n")
+    assert (await run_probe(mod, url, TIMEOUT, connector=connector)).reason is Reason.SUCCESS
+    token.write_text("old\n")
+    assert (await run_probe(mod, url, TIMEOUT, connector=connector)).reason is Reason.HTTP_STATUS
+
+
 async def test_missing_secret_file_is_config_error(port: int, tmp_path: Path) -> None:
     result = await probe(f"http://127.0.0.1:{port}/bearer", bearer_token_file=str(tmp_path / "no"))
     assert result.reason is Reason.CONFIG_ERROR

@@ -55,6 +55,27 @@ def test_an_error_is_never_kept() -> None:
     assert calls == 2
 
 
+def test_keyed_names_unhashable_arguments_by_id_and_keeps_them_alive() -> None:
+    calls: list[list[int]] = []
+
+    def total(numbers: list[int], scale: int) -> int:
+        calls.append(numbers)
+        return sum(numbers) * scale
+
+    memo = Memo(limit=2)
+    numbers = [1, 2]
+    assert memo.keyed((id(numbers), 3), total, numbers, 3) == 9
+    assert memo.keyed((id(numbers), 3), total, numbers, 3) == 9
+    assert len(calls) == 1
+    # the entry holds the list: while it is kept, no other object can take that id
+    key = id(numbers)
+    del numbers
+    assert any(key == id(args[0]) for args, _ in memo._keyed[total].values())
+    memo.keyed(("a",), total, [1], 1)
+    memo.keyed(("b",), total, [2], 1)  # full: emptied first, like the plain tables
+    assert len(memo._keyed[total]) == 1
+
+
 def test_connector_memoises_ip_literals() -> None:
     connector = Connector()
     first = connector._address("127.0.0.1")

@@ -259,3 +259,36 @@ async def test_hosts_file_names_resolve_without_dns(tmp_path: Path) -> None:
     with pytest.raises(ProbeFailed) as info:
         await connector.resolve("localhost", rec, "ip6", fallback=False)
     assert info.value.reason is Reason.DNS_NO_ADDRESS
+
+
+async def test_timeout_leaves_the_task_uncancelled_for_an_outer_timeout(serve: Serve) -> None:
+    # run_probe's timer cancels the task and takes the cancellation back: an enclosing
+    # asyncio.timeout must neither fire early nor see a cancellation left behind
+    module = tcp_module(query_response=[{"expect": "^220 "}])
+    async with serve(idle) as port:
+        async with asyncio.timeout(5):
+            result = await run_probe(module, f"127.0.0.1:{port}", timeout=0.2)
+            task = asyncio.current_task()
+            assert task is not None
+            assert task.cancelling() == 0
+            await asyncio.sleep(0)  # no cancellation pending: this await is not interrupted
+
+    assert result.reason is Reason.TIMEOUT
+
+
+async def test_cancellation_from_outside_is_not_a_timeout(serve: Serve) -> None:
+    module = tcp_module(query_response=[{"expect": "^220 "}])
+    connected = asyncio.Event()
+
+    async def idle_after_connect(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        connected.set()
+        await reader.read()
+
+    async with serve(idle_after_connect) as port:
+        task = asyncio.create_task(run_probe(module, f"127.0.0.1:{port}", timeout=5))
+        await connected.wait()  # the probe now waits for the banner
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
