@@ -73,7 +73,10 @@ class Head:
         return [v for k, v in self.headers if k == name]
 
     def first(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k == name), None)
+        for k, v in self.headers:  # a loop, not next(genexpr): a few calls on every probe
+            if k == name:
+                return v
+        return None
 
 
 class Response:
