@@ -9,10 +9,18 @@ the 2-byte ID:
   in front of it.
 - :class:`DNSAnswer` holds what the probe reads from an answer: flags, rcode, question, RR
   counts, the SOA serial and (:meth:`DNSAnswer.texts`) each section's RRs in blackbox's text
-  form. :meth:`DNSAnswer.from_wire` parses with dnspython (so its checks and its text forms are
-  unchanged) once per distinct answer: the Connector's :class:`probes.connection.Memo` maps
-  the bytes after the ID to the answer. An answer whose TTLs count down (a caching
-  resolver) differs from one second to the next and is parsed again.
+  form. :meth:`DNSAnswer.from_wire` reads each distinct answer once: the Connector's
+  :class:`probes.connection.Memo` maps the bytes after the ID to the answer.
+
+An answer whose TTLs count down (a caching resolver) differs from one second to the next and
+is read again, so reading is cheap too. A plain answer (a QUERY; RRs of class IN and of type
+A, AAAA, CNAME, NS, PTR, MX, SOA or TXT; at most an OPT without options) is *walked*: the
+header, the question and each RR's bounds, names followed through their pointers, each
+rdata checked as dnspython checks it, with no dnspython objects built. The walk finds what
+dnspython's parse would (its RRsets: duplicates dropped, the least TTL, one SOA or CNAME per
+RRset; the rcode's upper bits from the OPT) and its texts come later, on demand, from
+dnspython's own name and rdata formatting. Anything else, malformed answers included, is
+parsed by dnspython as before, so its checks, errors and texts are unchanged.
 
 The ID is compared by the caller, on the wire: ``wire[:2] == qid``.
 
@@ -26,16 +34,20 @@ The ID is compared by the caller, on the wire: ``wire[:2] == qid``.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import dns.exception
 import dns.flags
+import dns.ipv4
+import dns.ipv6
 import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -166,14 +178,15 @@ class DNSAnswer:
     the answer, authority and additional sections (blackbox's ``probe_dns_*_rrs``).
     ``serial`` is the last SOA serial of the answer section, 0 without one (blackbox's
     ``probe_dns_serial``). ``question`` holds each question's name in canonical (lowercase)
-    wire form, with its type and class.
+    wire form, with its type and class. All are as dnspython's parse of the message has them
+    (RRs merged into RRsets, duplicates dropped), whichever reader built the answer.
 
-        answer = DNSAnswer.from_wire(wire)
+        answer = DNSAnswer.from_wire(wire, connector.memo)
         answer.rcode, answer.counts, answer.texts().answer
     """
 
     __slots__ = (
-        "_message",
+        "_source",
         "_texts",
         "counts",
         "flags",
@@ -184,27 +197,50 @@ class DNSAnswer:
         "truncated",
     )
 
-    def __init__(self, message: dns.message.Message) -> None:
-        self.flags = int(message.flags)
-        self.truncated = bool(self.flags & _TC)
-        self.opcode = message.opcode()
-        self.rcode = message.rcode()
-        self.question: tuple[Question, ...] = tuple(
-            (rrset.name.to_digestable(), rrset.rdtype, rrset.rdclass) for rrset in message.question
-        )
-        self.counts = tuple(
-            sum(len(rrset) for rrset in section)
-            for section in (message.answer, message.authority, message.additional)
-        )
+    def __init__(
+        self,
+        flags: int,
+        opcode: dns.opcode.Opcode,
+        rcode: dns.rcode.Rcode,
+        question: tuple[Question, ...],
+        counts: tuple[int, int, int],
+        serial: int,
+        source: dns.message.Message | _Walked,
+    ) -> None:
+        self.flags = flags
+        self.truncated = bool(flags & _TC)
+        self.opcode = opcode
+        self.rcode = rcode
+        self.question = question
+        self.counts = counts
+        self.serial = serial
+        # what the texts are made from, until they are
+        self._source: dns.message.Message | _Walked | None = source
+        self._texts: RRTexts | None = None
+
+    @classmethod
+    def from_message(cls, message: dns.message.Message) -> DNSAnswer:
+        """The answer that dnspython's ``message`` holds."""
+        sections = (message.answer, message.authority, message.additional)
+        answer, authority, additional = (sum(len(rrset) for rrset in s) for s in sections)
         serials = [
             rd.serial
             for rrset in message.answer
             if rrset.rdtype == dns.rdatatype.SOA
             for rd in rrset
         ]
-        self.serial: int = serials[-1] if serials else 0
-        self._message: dns.message.Message | None = message
-        self._texts: RRTexts | None = None
+        return cls(
+            int(message.flags),
+            message.opcode(),
+            message.rcode(),
+            tuple(
+                (rrset.name.to_digestable(), rrset.rdtype, rrset.rdclass)
+                for rrset in message.question
+            ),
+            (answer, authority, additional),
+            serials[-1] if serials else 0,
+            message,
+        )
 
     @classmethod
     def from_wire(cls, wire: bytes, memo: Memo) -> DNSAnswer:
@@ -222,25 +258,314 @@ class DNSAnswer:
         """The answer as text, formatted on first use and then kept.
 
         Not in ``__init__``: reading the answer is inside the timed ``request`` phase, and
-        formatting is not part of it. Once formatted, the parsed message is let go (a cached
-        answer then holds its text only).
+        formatting is not part of it. Once formatted, the parsed message (or the walked
+        wire) is let go (a cached answer then holds its text only).
         """
         if self._texts is None:
-            message = self._message
-            assert message is not None  # kept until the texts exist
+            source = self._source
+            assert source is not None  # kept until the texts exist
+            if isinstance(source, _Walked):
+                answer, authority, additional = source.texts()
+            else:
+                answer, authority, additional = (
+                    tuple(rr_texts(section))
+                    for section in (source.answer, source.authority, source.additional)
+                )
             self._texts = RRTexts(
                 dns.rcode.to_text(self.rcode),
-                dns.flags.to_text(message.flags),
-                tuple(rr_texts(message.answer)),
-                tuple(rr_texts(message.authority)),
-                tuple(rr_texts(message.additional)),
+                dns.flags.to_text(self.flags),
+                answer,
+                authority,
+                additional,
             )
-            self._message = None
+            self._source = None
         return self._texts
 
 
 def _read(after_id: bytes) -> DNSAnswer:
-    return DNSAnswer(dns.message.from_wire(b"\0\0" + after_id))
+    wire = b"\0\0" + after_id
+    answer = _walk(wire)
+    if answer is None:
+        # anything the walk does not take: dnspython reads it, and raises what it raises
+        answer = DNSAnswer.from_message(dns.message.from_wire(wire))
+    return answer
+
+
+# -- the walk: dnspython's reading of a plain answer, without its objects --------------------
+#
+# The walk accepts only what dnspython accepts, and then finds what dnspython would: each
+# rule below is one of dnspython 2.x's (dns.message._WireReader, dns.name.from_wire_parser,
+# the rdata classes). Whatever it does not know, it leaves to dnspython (returns None):
+# another opcode (UPDATE has other sections), a type outside _RDATA or a class other than
+# IN, an OPT with options, a TSIG, and every error. tests/probes/test_dnsmessage.py
+# compares both readers over real and broken messages.
+
+_HEADER = struct.Struct("!HHHHHH")
+_QUESTION_TAIL = struct.Struct("!HH")
+_RR_HEAD = struct.Struct("!HHIH")
+_OPCODE_BITS = 0x7800
+_IN = int(dns.rdataclass.IN)
+_OPT = int(dns.rdatatype.OPT)
+_SOA = int(dns.rdatatype.SOA)
+_A = int(dns.rdatatype.A)
+_AAAA = int(dns.rdatatype.AAAA)
+#: dnspython's bounds on a name: 255 bytes in wire form, and in newer versions (2.9 here, not
+#: 2.6) 16 pointers followed; where the walk is stricter than the dnspython installed, that
+#: dnspython reads the answer, so being as strict as the newest is safe
+_MAX_NAME = 255
+_MAX_POINTERS = 16
+#: dnspython reads a TTL above 2**31 - 1 as 0 (RFC 2181 §8)
+_MAX_TTL = 0x7FFFFFFF
+_ROOT = b"\0"
+
+
+def _name(wire: bytes, pos: int, end: int) -> tuple[bytes, int] | None:
+    """The name at ``pos``: its labels in wire form, case kept and pointers followed, and
+    the offset after it; ``None`` where dnspython would not read it.
+
+    dnspython's rules: the name's own bytes end by ``end`` (the message's, or its rdata's);
+    a pointer points before the start of the bytes it was found in (so the walk always ends)
+    and those bytes, from where it points, end before that start; at most 16 pointers; at
+    most 255 bytes; a label length of 64 to 191 is no label type.
+    """
+    parts: list[bytes] = []
+    size = 1  # the root label
+    after = 0  # where the name ends in place: after its first pointer
+    start = pos
+    pointers = 0
+    while True:
+        if pos >= end:
+            return None
+        count = wire[pos]
+        if count == 0:
+            break
+        if count < 64:
+            label_end = pos + 1 + count
+            size += 1 + count
+            if label_end > end or size > _MAX_NAME:
+                return None
+            parts.append(wire[pos:label_end])
+            pos = label_end
+        elif count >= 192:
+            if pos + 2 > end:
+                return None
+            target = (count & 0x3F) << 8 | wire[pos + 1]
+            pointers += 1
+            if target >= start or pointers > _MAX_POINTERS:
+                return None
+            if not after:
+                after = pos + 2
+            end = start
+            start = pos = target
+        else:
+            return None
+    parts.append(_ROOT)
+    return b"".join(parts), after or pos + 1
+
+
+# Each rdata check returns the rdata's identity as dnspython compares rdatas (their
+# canonical wire form: names lowercased and uncompressed), or None where dnspython would
+# reject the rdata. An SOA's is its five numbers (serial first): an SOA RRset holds one.
+
+
+def _fixed(size: int) -> Callable[[bytes, int, int], bytes | None]:
+    def check(wire: bytes, pos: int, end: int) -> bytes | None:
+        return wire[pos:end] if end - pos == size else None
+
+    return check
+
+
+def _target(wire: bytes, pos: int, end: int) -> bytes | None:
+    name = _name(wire, pos, end)
+    return name[0].lower() if name is not None and name[1] == end else None
+
+
+def _mx(wire: bytes, pos: int, end: int) -> bytes | None:
+    exchange = _target(wire, pos + 2, end) if end - pos > 2 else None
+    return wire[pos : pos + 2] + exchange if exchange is not None else None
+
+
+def _soa(wire: bytes, pos: int, end: int) -> bytes | None:
+    mname = _name(wire, pos, end)
+    rname = _name(wire, mname[1], end) if mname is not None else None
+    if rname is None or rname[1] + 20 != end:
+        return None
+    return wire[rname[1] : end]
+
+
+def _txt(wire: bytes, pos: int, end: int) -> bytes | None:
+    # one character-string or more, filling the rdata
+    at = pos
+    while at < end:
+        at += 1 + wire[at]
+    return wire[pos:end] if at == end and end > pos else None
+
+
+_RDATA: dict[int, Callable[[bytes, int, int], bytes | None]] = {
+    _A: _fixed(4),
+    _AAAA: _fixed(16),
+    int(dns.rdatatype.NS): _target,
+    int(dns.rdatatype.CNAME): _target,
+    int(dns.rdatatype.PTR): _target,
+    int(dns.rdatatype.MX): _mx,
+    _SOA: _soa,
+    int(dns.rdatatype.TXT): _txt,
+}
+#: an RRset of these types keeps only its last rdata (dns.rdatatype.is_singleton)
+_SINGLETONS = frozenset(t for t in _RDATA if dns.rdatatype.is_singleton(dns.rdatatype.RdataType(t)))
+_TYPE_TEXTS = {t: dns.rdatatype.to_text(dns.rdatatype.RdataType(t)) for t in _RDATA}
+_IN_TEXT = dns.rdataclass.to_text(dns.rdataclass.IN)
+
+
+class _RRset:
+    """An RRset as dnspython would build it: the owner as first seen, the least TTL, and
+    each distinct rdata's offset and length, by identity, in order."""
+
+    __slots__ = ("owner", "rdatas", "rdtype", "ttl")
+
+    def __init__(self, owner: bytes, rdtype: int, ttl: int) -> None:
+        self.owner = owner
+        self.rdtype = rdtype
+        self.ttl = ttl
+        self.rdatas: dict[bytes, tuple[int, int]] = {}
+
+
+class _Walked:
+    """A walked message: its wire and each section's RRsets, to format on demand."""
+
+    __slots__ = ("sections", "wire")
+
+    def __init__(self, wire: bytes, sections: tuple[list[_RRset], ...]) -> None:
+        self.wire = wire
+        self.sections = sections
+
+    def texts(self) -> tuple[tuple[str, ...], ...]:
+        """Each section's RRs as :func:`rr_texts` prints dnspython's RRsets."""
+        return tuple(tuple(self._section_texts(section)) for section in self.sections)
+
+    def _section_texts(self, section: list[_RRset]) -> list[str]:
+        wire = self.wire
+        texts: list[str] = []
+        for rrset in section:
+            owner = dns.name.Name(_labels(rrset.owner)).to_text()
+            rdtype = rrset.rdtype
+            head = f"{owner}\t{rrset.ttl}\t{_IN_TEXT}\t{_TYPE_TEXTS[rdtype]}\t"
+            for pos, size in rrset.rdatas.values():
+                # the text dnspython's rdata gives: an address straight from its bytes (as
+                # dnspython's A and AAAA make it), any other type from the rdata itself
+                if rdtype == _A:
+                    text = dns.ipv4.inet_ntoa(wire[pos : pos + size])
+                elif rdtype == _AAAA:
+                    text = dns.ipv6.inet_ntoa(wire[pos : pos + size])
+                else:
+                    rdata = dns.rdata.from_wire(
+                        dns.rdataclass.IN, dns.rdatatype.RdataType(rdtype), wire, pos, size
+                    )
+                    text = rdata.to_text()
+                texts.append(head + text)
+        return texts
+
+
+def _labels(name: bytes) -> tuple[bytes, ...]:
+    labels: list[bytes] = []
+    pos = 0
+    while count := name[pos]:
+        labels.append(name[pos + 1 : pos + 1 + count])
+        pos += 1 + count
+    labels.append(b"")
+    return tuple(labels)
+
+
+def _questions(wire: bytes, count: int) -> tuple[tuple[Question, ...], int] | None:
+    """The ``count`` questions after the header, and the offset after them."""
+    end = len(wire)
+    pos = _HEADER.size
+    questions: list[Question] = []
+    for _ in range(count):
+        name = _name(wire, pos, end)
+        if name is None or name[1] + _QUESTION_TAIL.size > end:
+            return None
+        qname, pos = name
+        qtype, qclass = _QUESTION_TAIL.unpack_from(wire, pos)
+        pos += _QUESTION_TAIL.size
+        questions.append(
+            (qname.lower(), dns.rdatatype.RdataType(qtype), dns.rdataclass.RdataClass(qclass))
+        )
+    return tuple(questions), pos
+
+
+def _walk(wire: bytes) -> DNSAnswer | None:
+    """Read ``wire`` as dnspython would, or ``None`` to leave it to dnspython."""
+    end = len(wire)
+    if end < _HEADER.size:
+        return None
+    _, flags, qdcount, *rrcounts = _HEADER.unpack_from(wire)
+    if flags & _OPCODE_BITS:
+        return None  # not a QUERY
+    read = _questions(wire, qdcount)
+    if read is None:
+        return None
+    question, pos = read
+    sections: list[list[_RRset]] = []
+    counts: list[int] = []
+    ednsflags = 0
+    opt = False
+    for section, rrcount in enumerate(rrcounts):
+        rrsets: dict[tuple[bytes, int], _RRset] = {}
+        for _ in range(rrcount):
+            name = _name(wire, pos, end)
+            if name is None or name[1] + _RR_HEAD.size > end:
+                return None
+            owner, pos = name
+            rdtype, rdclass, ttl, rdlen = _RR_HEAD.unpack_from(wire, pos)
+            pos += _RR_HEAD.size
+            rdend = pos + rdlen
+            if rdend > end:
+                return None
+            if rdtype == _OPT:
+                # one OPT, owned by the root, in the additional section; its TTL carries the
+                # rcode's upper bits. One with options (rare: queries carry no EDNS) is left
+                # to dnspython, which parses each option.
+                if section != 2 or opt or owner != _ROOT or rdlen:
+                    return None
+                opt = True
+                ednsflags = ttl
+                continue
+            check = _RDATA.get(rdtype)
+            key = check(wire, pos, rdend) if check is not None and rdclass == _IN else None
+            if key is None:
+                return None
+            rrset_key = (owner.lower(), rdtype)
+            rrset = rrsets.get(rrset_key)
+            if ttl > _MAX_TTL:
+                ttl = 0
+            if rrset is None:
+                rrset = rrsets[rrset_key] = _RRset(owner, rdtype, ttl)
+            elif ttl < rrset.ttl:
+                rrset.ttl = ttl
+            if rdtype in _SINGLETONS:
+                rrset.rdatas.clear()
+            rrset.rdatas.setdefault(key, (pos, rdlen))
+            pos = rdend
+        sections.append(list(rrsets.values()))
+        counts.append(sum(len(rrset.rdatas) for rrset in rrsets.values()))
+    if pos != end:
+        return None  # trailing bytes
+    serial = 0
+    for rrset in sections[0]:
+        if rrset.rdtype == _SOA:
+            for key in rrset.rdatas:
+                serial = int.from_bytes(key[:4], "big")
+    answer, authority, additional = counts
+    return DNSAnswer(
+        flags,
+        dns.opcode.QUERY,
+        dns.rcode.from_flags(flags, ednsflags),
+        question,
+        (answer, authority, additional),
+        serial,
+        _Walked(wire, tuple(sections)),
+    )
 
 
 def rr_texts(section: Sequence[dns.rrset.RRset]) -> list[str]:

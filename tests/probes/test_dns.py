@@ -22,7 +22,8 @@ from aiohttp import web
 from agent.dnsserver import Action, DNSServer, Zone
 from probes import Module, ProbeResult, Reason, run_probe
 from probes.connection import Memo
-from probes.dnsmessage import DNSAnswer, rr_texts
+from probes.dnsmessage import DNSAnswer, _walk, rr_texts
+from tests.probes.dns_wire import read, reference
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "blackbox"
 
@@ -379,6 +380,52 @@ def test_udp_on_uvloop() -> None:
     run_on_uvloop(scenario)
 
 
+# -- the answer reader on real answers -------------------------------------------------------
+
+
+async def ask_udp(target: str, qname: str, qtype: str, *, edns: bool) -> bytes:
+    """The raw answer of the server at ``target`` to one query, with or without EDNS."""
+    host, port = target.rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((host, int(port)))
+        query = dns.message.make_query(qname, qtype, use_edns=0 if edns else False)
+        await loop.sock_sendall(sock, query.to_wire())
+        async with asyncio.timeout(5):
+            return await loop.sock_recv(sock, 65535)
+
+
+def walked(wire: bytes) -> bool:
+    """Whether the reader walks ``wire`` itself (read with ID 0, as it always is)."""
+    return _walk(b"\0\0" + wire[2:]) is not None
+
+
+ZONE_QUESTIONS = (
+    ("www.demo.test", "A"),
+    ("WwW.DeMo.TeSt", "A"),  # the answer's owner is compressed against the echoed case
+    ("demo.test", "MX"),
+    ("demo.test", "SOA"),
+    ("demo.test", "NS"),
+    ("demo.test", "ANY"),
+    ("txt.demo.test", "TXT"),
+    ("big.demo.test", "TXT"),  # over 512 bytes: cut to TC without EDNS
+    ("www.demo.test", "AAAA"),  # NODATA, with the SOA
+    ("nope.demo.test", "A"),  # NXDOMAIN, with the SOA
+    ("down.demo.test", "A"),  # SERVFAIL
+)
+
+
+@pytest.mark.parametrize("edns", [False, True], ids=["plain", "edns"])
+async def test_the_reader_walks_real_answers_as_dnspython_reads_them(
+    target: str, edns: bool
+) -> None:
+    for qname, qtype in ZONE_QUESTIONS:
+        wire = await ask_udp(target, qname, qtype, edns=edns)
+        assert walked(wire), (qname, qtype)
+        assert read(wire) == reference(wire), (qname, qtype)
+
+
 # -- blackbox compatibility ------------------------------------------------------------------
 
 
@@ -567,3 +614,20 @@ async def test_against_dnsmasq(dnsmasq: str) -> None:
     # dnsmasq with no upstream refuses what it does not know
     unknown = await probe(dnsmasq, query_name="www.elsewhere.example")
     assert unknown.reason is Reason.DNS_RCODE
+
+
+async def test_the_reader_walks_dnsmasq_answers_as_dnspython_reads_them(dnsmasq: str) -> None:
+    for qname, qtype in (
+        ("www.test.example", "A"),
+        ("WWW.Test.Example", "A"),
+        ("www.test.example", "AAAA"),
+        ("www.test.example", "MX"),
+        ("www.elsewhere.example", "A"),  # REFUSED
+    ):
+        plain = await ask_udp(dnsmasq, qname, qtype, edns=False)
+        assert walked(plain), (qname, qtype)
+        assert read(plain) == reference(plain), (qname, qtype)
+        # to an EDNS query dnsmasq may add an Extended DNS Error option, which the walk
+        # leaves to dnspython (the probe's queries carry no EDNS)
+        with_edns = await ask_udp(dnsmasq, qname, qtype, edns=True)
+        assert read(with_edns) == reference(with_edns), (qname, qtype)
