@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
-from agent.metrics import CONTENT_TYPE, render_probe
+from agent.metrics import CONTENT_TYPE
 from agent.server import SCRAPE_TIMEOUT_HEADER, ProbeQueryError, ProbeRequest, probe_request
 from probes import run_probe
 
@@ -358,7 +358,7 @@ class _Connection(asyncio.Protocol):
             result = await run_probe(
                 call.module, call.target, call.timeout, connector=front.agent.connector
             )
-            body = render_probe(result).encode()
+            body = front.agent.metrics.render_probe(result).encode()
         except asyncio.CancelledError:
             front.cancelled += 1
             raise

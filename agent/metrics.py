@@ -1,6 +1,6 @@
 """Prometheus exposition: the ONLY module that talks to ``prometheus_client``.
 
-``/metrics`` has three parts, rendered in the text format (0.0.4):
+``/metrics`` has four parts, rendered in the text format (0.0.4):
 
 1. per check, blackbox_exporter's names (``probe_success``, ``probe_http_status_code``, ...)
    from the check's last result, with the labels ``check, module, target, region, zone, node``
@@ -14,30 +14,35 @@
 
 Parts 1 and 2 are rendered straight from the scheduler's state at scrape time: nothing is
 registered per check, so the series of a removed check disappear with it, and a scrape of
-10,000 checks does not build 10,000 x N Python sample objects. ``/probe`` output is rendered
-the same lean way from one result, with no identity labels, as blackbox_exporter does.
+10,000 checks does not build 10,000 x N Python sample objects. The ``/probe`` page
+(:meth:`AgentMetrics.render_probe`) is rendered the same lean way from one result, with no
+identity labels, as blackbox_exporter does.
 
 A scrape of 10,000 checks is ~350,000 lines (~50 MB) rendered synchronously on the event
 loop, so every probe due meanwhile starts late: the per-check loop is kept to one f-string
 per line. Each check's identity labels are rendered once and kept until the check or the
-agent's identity changes; label sets of measurements and repeated values (status codes,
-flags) are formatted once per scrape. Rendered lines are not kept between scrapes: at a
-10 s interval and a 15 s scrape every check has a new result by the next scrape, and the
-page would cost as much memory again as it takes to send.
+agent's identity changes; repeated values (status codes, flags) are formatted once per
+scrape. What recurs on every page is formatted once and kept by the ``AgentMetrics``
+itself, never at module level: the label sets of measurements and the ``# HELP``/``# TYPE``
+lines of ``/probe`` gauges (bounded tables, emptied when full) and the ``le`` labels of each
+histogram bucket layout (the few ``Histogram`` bounds the agent uses). Rendered lines are not
+kept between scrapes: at a 10 s interval and a 15 s scrape every check has a new result by
+the next scrape, and the page would cost as much memory again as it takes to send.
 
     metrics = AgentMetrics(CollectorRegistry(), identity)
     body = metrics.render(scheduler)
+    page = metrics.render_probe(result)
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import platform
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
 
@@ -50,7 +55,7 @@ from agent.scheduler import CheckRuntime, CheckSpec, LoopLagMonitor, Scheduler
 from agent.stats import Histogram
 from probes.result import ProbeResult, Reason
 
-__all__ = ["CONTENT_TYPE", "AgentMetrics", "render_probe"]
+__all__ = ["CONTENT_TYPE", "AgentMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -82,20 +87,52 @@ _RUN_LABELS = {
 }
 
 
-@functools.lru_cache(maxsize=4096)
-def _label_set(labels: tuple[tuple[str, str], ...]) -> str:
-    """A measurement's own labels, formatted once: the same few sets recur on every page.
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
 
-    Bounded, for label values that can be many (certificate subjects).
+
+class _Formatted(dict[_K, _V]):
+    """Texts formatted from their keys by ``make``, each once: ``table[key]``.
+
+    A plain dict that fills itself (``__missing__``), so a hit in the render loops costs one
+    subscript, less than a call to a memo (measured: ``probes.connection.Memo`` would make
+    ``/probe`` rendering ~10% slower). Bounded like that Memo: emptied when full, since a
+    full table means churn (e.g. certificate subjects), not a working set.
     """
-    return _labels(labels)
+
+    __slots__ = ("_limit", "_make")
+
+    def __init__(self, make: Callable[[_K], _V], limit: int) -> None:
+        super().__init__()
+        self._make = make
+        self._limit = limit
+
+    def __missing__(self, key: _K) -> _V:
+        if len(self) >= self._limit:
+            self.clear()
+        value = self[key] = self._make(key)
+        return value
 
 
-@functools.lru_cache(maxsize=1024)
-def _gauge_header(name: str, help: str) -> str:
+#: most label sets of measurements kept formatted (the same few recur on every page; bounded
+#: for label values that can be many, such as certificate subjects)
+_LABEL_SETS_LIMIT = 4096
+#: most ``/probe`` gauge headers kept formatted
+_GAUGE_HEADERS_LIMIT = 1024
+#: most histogram bucket layouts kept formatted (the agent has three)
+_BUCKET_LAYOUTS_LIMIT = 64
+
+
+def _gauge_header(key: tuple[str, str]) -> str:
     """The ``# HELP`` and ``# TYPE`` lines of a probe gauge, as ``/probe`` writes them."""
-    escaped = help.replace("\\", "\\\\")
+    name, help = key
+    escaped = (help or name).replace("\\", "\\\\")
     return f"# HELP {name} {escaped}\n# TYPE {name} gauge\n"
+
+
+def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """``le="0.005"} `` per bucket of a ``Histogram`` layout, ``+Inf`` last."""
+    return (*(f'le="{_value(b)}"}} ' for b in bounds), 'le="+Inf"} ')
 
 
 #: checks rendered between two yields to the event loop (~10 ms of work at most)
@@ -117,6 +154,8 @@ class _Family:
     name: str
     kind: str
     help: str
+    #: the agent's ``le`` labels by bucket layout, for histograms
+    le: _Formatted[tuple[float, ...], tuple[str, ...]]
     text: bytearray = field(default_factory=bytearray)
 
     def sample(self, labels: str, value: float, suffix: str = "") -> None:
@@ -129,29 +168,25 @@ class _Family:
         bucket = f"{self.name}_bucket{{{labels}{',' if labels else ''}"
         text = self.text
         total = 0
-        for le, n in zip(_le_labels(hist.bounds), hist.counts, strict=True):
+        for le, n in zip(self.le[hist.bounds], hist.counts, strict=True):
             total += n
             text += f"{bucket}{le}{total}\n".encode()
         self.sample(labels, hist.sum, "_sum")
         self.sample(labels, hist.count, "_count")
 
 
-@functools.cache
-def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
-    """``le="0.005"} `` per bucket, ``+Inf`` last: the few bucket layouts, formatted once."""
-    return (*(f'le="{_value(b)}"}} ' for b in bounds), 'le="+Inf"} ')
-
-
 class _Families:
-    """Families by name, in first-seen order; rendered with HELP and TYPE once each."""
+    """One page's families by name, in first-seen order; rendered with HELP and TYPE once
+    each. ``le`` is the agent's table of ``le`` labels by bucket layout."""
 
-    def __init__(self) -> None:
+    def __init__(self, le: _Formatted[tuple[float, ...], tuple[str, ...]]) -> None:
         self.by_name: dict[str, _Family] = {}
+        self.le = le
 
     def get(self, name: str, kind: str, help: str) -> _Family:
         fam = self.by_name.get(name)
         if fam is None:
-            fam = self.by_name[name] = _Family(name, kind, help)
+            fam = self.by_name[name] = _Family(name, kind, help, self.le)
         return fam
 
     def render(self, head: bytes) -> bytes:
@@ -167,30 +202,27 @@ class _Families:
         return b"".join(parts)
 
 
-def render_probe(result: ProbeResult) -> str:
-    """The ``/probe`` page for one result: blackbox's gauges, no identity labels, and the
-    families sorted by name, as blackbox_exporter writes them."""
-    families: dict[str, list[str]] = {}
-    for m in result.measurements:
-        name = m.name
-        lines = families.get(name)
-        if lines is None:
-            lines = families[name] = [_gauge_header(name, m.help or name)]
-        if m.labels:
-            lines.append(f"{name}{{{_label_set(m.labels)}}} {_value(m.value)}\n")
-        else:
-            lines.append(f"{name} {_value(m.value)}\n")
-    return "".join(itertools.chain.from_iterable(families[name] for name in sorted(families)))
-
-
 class AgentMetrics:
-    """The agent's metrics. Self-metrics live in ``registry``; checks are rendered live."""
+    """The agent's metrics. Self-metrics live in ``registry``; checks are rendered live.
+
+    The agent makes one, and serves ``/metrics`` and ``/probe`` through it.
+    """
 
     def __init__(self, registry: CollectorRegistry, identity: Identity) -> None:
         self.registry = registry
         self._identity = identity
         # by check name: the runtime the labels were rendered for, and its identity labels
         self._bases: dict[str, tuple[CheckRuntime, str]] = {}
+        # what recurs on every page, formatted once (module docstring)
+        self._label_sets: _Formatted[tuple[tuple[str, str], ...], str] = _Formatted(
+            _labels, _LABEL_SETS_LIMIT
+        )
+        self._gauge_headers: _Formatted[tuple[str, str], str] = _Formatted(
+            _gauge_header, _GAUGE_HEADERS_LIMIT
+        )
+        self._le: _Formatted[tuple[float, ...], tuple[str, ...]] = _Formatted(
+            _le_labels, _BUCKET_LAYOUTS_LIMIT
+        )
         self.reload_success = Gauge(
             "seismo_config_last_reload_successful",
             "Whether the last configuration reload attempt was successful.",
@@ -228,6 +260,26 @@ class AgentMetrics:
         if ok:
             self.reload_timestamp.set(when)
 
+    def render_probe(self, result: ProbeResult) -> str:
+        """The ``/probe`` page for one result: blackbox's gauges, no identity labels, and the
+        families sorted by name, as blackbox_exporter writes them.
+
+            page = agent.metrics.render_probe(result)
+        """
+        headers = self._gauge_headers
+        label_sets = self._label_sets
+        families: dict[str, list[str]] = {}
+        for m in result.measurements:
+            name = m.name
+            lines = families.get(name)
+            if lines is None:
+                lines = families[name] = [headers[name, m.help]]
+            if m.labels:
+                lines.append(f"{name}{{{label_sets[m.labels]}}} {_value(m.value)}\n")
+            else:
+                lines.append(f"{name} {_value(m.value)}\n")
+        return "".join(itertools.chain.from_iterable(families[name] for name in sorted(families)))
+
     def render(
         self,
         scheduler: Scheduler,
@@ -236,7 +288,7 @@ class AgentMetrics:
         faults: FaultEngine | None = None,
     ) -> bytes:
         """The whole ``/metrics`` page, in one go (see :meth:`render_async` for the agent)."""
-        fams = _Families()
+        fams = _Families(self._le)
         for _ in self._checks_in_slices(fams, scheduler):
             pass
         return self._finish(fams, scheduler, lag, experiments, faults)
@@ -259,7 +311,7 @@ class AgentMetrics:
         the result it has when its slice comes; a check removed meanwhile appears in this
         one last page.
         """
-        fams = _Families()
+        fams = _Families(self._le)
         started = time.perf_counter()
         for _ in self._checks_in_slices(fams, scheduler):
             await asyncio.sleep((time.perf_counter() - started) * SLICE_PAUSE_FACTOR)
@@ -325,6 +377,7 @@ class AgentMetrics:
         they appear in the page.
         """
         by_name = fams.by_name
+        label_sets = self._label_sets
         values: dict[float, str] = {}  # a scrape's repeated values, formatted once
         runs = durations = skipped = last_run = lateness = None
         for rt, base in checks:
@@ -339,7 +392,7 @@ class AgentMetrics:
                     if text is None:
                         text = values[m.value] = _value(m.value)
                     if m.labels:
-                        labels = _label_set(m.labels)
+                        labels = label_sets[m.labels]
                         fam.text += f"{name}{{{base},{labels}}} {text}\n".encode()
                     else:
                         fam.text += f"{name}{{{base}}} {text}\n".encode()

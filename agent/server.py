@@ -35,7 +35,7 @@ from yarl import URL
 from agent.auth import check_bearer
 from agent.experiments.api import add_routes as add_run_routes
 from agent.faults.api import routes as fault_routes
-from agent.metrics import CONTENT_TYPE, render_probe
+from agent.metrics import CONTENT_TYPE
 from probes import run_probe
 from probes.modules import Module, parse_duration
 
@@ -190,7 +190,7 @@ async def probe(request: web.Request) -> web.Response:
     except ProbeQueryError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
     result = await run_probe(call.module, call.target, call.timeout, connector=agent.connector)
-    page = render_probe(result)
+    page = agent.metrics.render_probe(result)
     if not call.debug:
         return web.Response(text=page, headers={"Content-Type": CONTENT_TYPE})
     report = [

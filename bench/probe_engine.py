@@ -3,7 +3,8 @@
 Runs ``probes.run_probe`` in a closed loop (concurrency 50) inside this process, pinned to
 core 0, against the same loopback targets as probe_throughput.py (core 1), and counts
 probes per CPU-second of this process. Compared with probe_throughput's figure for the whole
-agent, it splits the cost into the probe itself, ``render_probe``, and the HTTP server.
+agent, it splits the cost into the probe itself, ``/probe`` rendering
+(``AgentMetrics.render_probe``), and the HTTP server.
 
     python -m bench.probe_engine                       # http, https, dns, tcp_tls
     python -m bench.probe_engine --kinds http --render
@@ -60,10 +61,14 @@ async def loop_probes(
     render: bool,
     fresh_answers: bool = False,
 ) -> tuple[int, int]:
-    from agent.metrics import render_probe
+    from prometheus_client import CollectorRegistry
+
+    from agent.config import Identity
+    from agent.metrics import AgentMetrics
     from probes import Connector, run_probe
 
     connector = Connector()
+    metrics = AgentMetrics(CollectorRegistry(), Identity())  # as the agent makes it, once
     if fresh_answers:
         connector.memo = _FreshAnswers()
     issued = ok = 0
@@ -75,7 +80,7 @@ async def loop_probes(
             issued += 1
             result = await run_probe(module, target, 5.0, connector=connector)  # type: ignore[arg-type]
             if render:
-                render_probe(result).encode()
+                metrics.render_probe(result).encode()
             ok += result.success
 
     async with asyncio.TaskGroup() as tg:

@@ -8,8 +8,9 @@ import time
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+import agent.metrics
 from agent.config import Identity
-from agent.metrics import CHECKS_PER_SLICE, AgentMetrics, render_probe
+from agent.metrics import CHECKS_PER_SLICE, AgentMetrics, _Formatted
 from agent.scheduler import CheckSpec, Scheduler
 from probes.modules import Module
 from probes.result import ProbeResult, Reason, Recorder
@@ -44,7 +45,8 @@ def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def test_probe_page_round_trips_including_awkward_label_values() -> None:
-    text = render_probe(result())
+    metrics = AgentMetrics(CollectorRegistry(), Identity())
+    text = metrics.render_probe(result())
     samples = parse(text)
     assert samples[("probe_success", frozenset())] == 1
     assert samples[("probe_http_duration_seconds", frozenset({("phase", "connect")}))] == 0.0125
@@ -53,6 +55,38 @@ def test_probe_page_round_trips_including_awkward_label_values() -> None:
     # one HELP and TYPE per family, names sorted as blackbox does
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert names == sorted(names) and len(names) == len(set(names))
+    assert metrics.render_probe(result()) == text  # again, from the formats it kept
+
+
+def test_probe_page_names_a_gauge_without_help_in_its_help_line() -> None:
+    rec = Recorder("tcp")
+    rec.gauge("probe_custom", 2)
+    rec.gauge("probe_custom_labelled", 1, kind="a\\b")
+    text = AgentMetrics(CollectorRegistry(), Identity()).render_probe(
+        rec.finish("t:1", Reason.SUCCESS, "", 0.1, time.time())
+    )
+    assert "# HELP probe_custom probe_custom\n# TYPE probe_custom gauge\nprobe_custom 2\n" in text
+    assert 'probe_custom_labelled{kind="a\\\\b"} 1\n' in text
+
+
+def test_formats_are_made_once_per_key_and_emptied_when_full() -> None:
+    calls: list[str] = []
+
+    def upper(key: str) -> str:
+        calls.append(key)
+        return key.upper()
+
+    table = _Formatted(upper, limit=2)
+    assert [table["a"], table["a"], table["b"]] == ["A", "A", "B"]
+    assert calls == ["a", "b"]
+    assert table["c"] == "C"  # full: emptied, then "c" kept
+    assert dict(table) == {"c": "C"}
+    assert table["a"] == "A"
+    assert calls == ["a", "b", "c", "a"]
+
+
+def test_public_surface() -> None:
+    assert sorted(agent.metrics.__all__) == ["AgentMetrics", "CONTENT_TYPE"]
 
 
 def test_agent_page_has_identity_histograms_and_drops_removed_checks() -> None:
