@@ -135,11 +135,13 @@ def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return (*(f'le="{_value(b)}"}} ' for b in bounds), 'le="+Inf"} ')
 
 
-#: checks rendered between two yields to the event loop (~10 ms of work at most)
-CHECKS_PER_SLICE = 200
+#: checks rendered between two yields to the event loop (~5 ms of work at most: a run due
+#: meanwhile starts that much late)
+CHECKS_PER_SLICE = 100
 #: after each slice, the loop is left to everything else for this many times as long as the
-#: slice took: a scrape takes at most a quarter of the loop while it renders
-SLICE_PAUSE_FACTOR = 3.0
+#: slice took: a scrape takes at most a fifth of the loop while it renders (an agent busy
+#: with its checks at 75% of its core still keeps up)
+SLICE_PAUSE_FACTOR = 4.0
 
 
 @dataclass(slots=True)
@@ -307,7 +309,7 @@ class AgentMetrics:
         bare yield between slices enough: the loop then alternates render and probes, the
         core is oversubscribed for the whole scrape, and runs fall behind. So after each
         slice the render pauses ``SLICE_PAUSE_FACTOR`` times as long as the slice took; a
-        scrape of 10,000 checks takes ~2 s of wall time. Each check is rendered whole from
+        scrape of 10,000 checks takes ~2.5 s of wall time. Each check is rendered whole from
         the result it has when its slice comes; a check removed meanwhile appears in this
         one last page.
         """
