@@ -79,14 +79,16 @@ async def run_probe(
         except ProbeFailed as failed:
             reason, detail = failed.reason, failed.detail
         except (asyncio.CancelledError, TimeoutError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not (
-                expired and task.uncancel() <= cancelling
-            ):
-                raise
+            if isinstance(exc, asyncio.CancelledError):
+                ours, expired = expired, False
+                if not ours or task.uncancel() > cancelling:
+                    raise  # cancelled from outside (too): not a timeout
             phase = rec.current_phase
             reason = TIMEOUT_REASONS.get(phase, Reason.TIMEOUT)
             detail = f"timed out after {timeout:g}s" + (f" during {phase}" if phase else "")
         finally:
             timer.cancel()
+            if expired:  # the timer fired, but its cancellation never reached us: take it back
+                task.uncancel()
     duration = time.perf_counter() - start
     return rec.finish(target, reason, detail, duration, started_at)

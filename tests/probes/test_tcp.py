@@ -292,3 +292,24 @@ async def test_cancellation_from_outside_is_not_a_timeout(serve: Serve) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_timeout_the_prober_swallowed_is_taken_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a prober that (wrongly) catches its cancellation: the timer's cancel must not stay
+    # counted on the task, or the caller's next timeout would misread it
+    from probes import runner
+
+    async def stubborn(target: str, module: Module, rec: object, connector: object) -> None:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            return
+
+    monkeypatch.setitem(runner.PROBERS, "tcp", stubborn)  # type: ignore[index]
+    result = await run_probe(tcp_module(), "127.0.0.1:1", timeout=0.05)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    assert result.reason is Reason.SUCCESS  # nothing reached run_probe to say otherwise
