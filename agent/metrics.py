@@ -23,11 +23,12 @@ loop, so every probe due meanwhile starts late: the per-check loop is kept to on
 per line. Each check's identity labels are rendered once and kept until the check or the
 agent's identity changes; repeated values (status codes, flags) are formatted once per
 scrape. What recurs on every page is formatted once and kept by the ``AgentMetrics``
-itself, never at module level: the label sets of measurements and the ``# HELP``/``# TYPE``
-lines of ``/probe`` gauges (bounded tables, emptied when full) and the ``le`` labels of each
-histogram bucket layout (the few ``Histogram`` bounds the agent uses). Rendered lines are not
-kept between scrapes: at a 10 s interval and a 15 s scrape every check has a new result by
-the next scrape, and the page would cost as much memory again as it takes to send.
+itself, never at module level, in ``probes.connection.BoundedTable``s (emptied when full):
+the label sets of measurements, the ``# HELP``/``# TYPE`` lines of ``/probe`` gauges and the
+``le`` labels of each histogram bucket layout (the few ``Histogram`` bounds the agent uses).
+Rendered lines are not kept between scrapes: at a 10 s interval and a 15 s scrape every
+check has a new result by the next scrape, and the page would cost as much memory again as
+it takes to send.
 
     metrics = AgentMetrics(CollectorRegistry(), identity)
     body = metrics.render(scheduler)
@@ -40,9 +41,8 @@ import asyncio
 import itertools
 import platform
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
 
@@ -53,6 +53,7 @@ from agent.faults.engine import FaultEngine
 from agent.faults.preflight import ALL_CAPABILITIES
 from agent.scheduler import CheckRuntime, CheckSpec, LoopLagMonitor, Scheduler
 from agent.stats import Histogram
+from probes.connection import BoundedTable
 from probes.result import ProbeResult, Reason
 
 __all__ = ["CONTENT_TYPE", "AgentMetrics"]
@@ -85,33 +86,6 @@ _RUN_LABELS = {
     f'reason="{reason.value}"}} '
     for reason in Reason
 }
-
-
-_K = TypeVar("_K", bound=Hashable)
-_V = TypeVar("_V")
-
-
-class _Formatted(dict[_K, _V]):
-    """Texts formatted from their keys by ``make``, each once: ``table[key]``.
-
-    A plain dict that fills itself (``__missing__``), so a hit in the render loops costs one
-    subscript, less than a call to a memo (measured: ``probes.connection.Memo`` would make
-    ``/probe`` rendering ~10% slower). Bounded like that Memo: emptied when full, since a
-    full table means churn (e.g. certificate subjects), not a working set.
-    """
-
-    __slots__ = ("_limit", "_make")
-
-    def __init__(self, make: Callable[[_K], _V], limit: int) -> None:
-        super().__init__()
-        self._make = make
-        self._limit = limit
-
-    def __missing__(self, key: _K) -> _V:
-        if len(self) >= self._limit:
-            self.clear()
-        value = self[key] = self._make(key)
-        return value
 
 
 #: most label sets of measurements kept formatted (the same few recur on every page; bounded
@@ -157,7 +131,7 @@ class _Family:
     kind: str
     help: str
     #: the agent's ``le`` labels by bucket layout, for histograms
-    le: _Formatted[tuple[float, ...], tuple[str, ...]]
+    le: BoundedTable[tuple[float, ...], tuple[str, ...]]
     text: bytearray = field(default_factory=bytearray)
 
     def sample(self, labels: str, value: float, suffix: str = "") -> None:
@@ -181,7 +155,7 @@ class _Families:
     """One page's families by name, in first-seen order; rendered with HELP and TYPE once
     each. ``le`` is the agent's table of ``le`` labels by bucket layout."""
 
-    def __init__(self, le: _Formatted[tuple[float, ...], tuple[str, ...]]) -> None:
+    def __init__(self, le: BoundedTable[tuple[float, ...], tuple[str, ...]]) -> None:
         self.by_name: dict[str, _Family] = {}
         self.le = le
 
@@ -216,13 +190,13 @@ class AgentMetrics:
         # by check name: the runtime the labels were rendered for, and its identity labels
         self._bases: dict[str, tuple[CheckRuntime, str]] = {}
         # what recurs on every page, formatted once (module docstring)
-        self._label_sets: _Formatted[tuple[tuple[str, str], ...], str] = _Formatted(
+        self._label_sets: BoundedTable[tuple[tuple[str, str], ...], str] = BoundedTable(
             _labels, _LABEL_SETS_LIMIT
         )
-        self._gauge_headers: _Formatted[tuple[str, str], str] = _Formatted(
+        self._gauge_headers: BoundedTable[tuple[str, str], str] = BoundedTable(
             _gauge_header, _GAUGE_HEADERS_LIMIT
         )
-        self._le: _Formatted[tuple[float, ...], tuple[str, ...]] = _Formatted(
+        self._le: BoundedTable[tuple[float, ...], tuple[str, ...]] = BoundedTable(
             _le_labels, _BUCKET_LAYOUTS_LIMIT
         )
         self.reload_success = Gauge(

@@ -41,7 +41,7 @@ from probes.modules import TLSConfig
 from probes.result import CertInfo, ProbeFailed, Reason, Recorder
 from probes.stream import Stream
 
-__all__ = ["Connector", "Memo", "fnv1a32", "split_host_port"]
+__all__ = ["BoundedTable", "Connector", "Memo", "fnv1a32", "split_host_port"]
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -83,6 +83,34 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
 
 
 _R = TypeVar("_R")
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class BoundedTable(dict[_K, _V]):
+    """Values made from their keys by ``make``, each once: ``table[key]``.
+
+    A plain dict that fills itself (``__missing__``), so a hit costs one subscript. Bounded:
+    emptied when ``limit`` values are kept, since a full table means churn (TTLs counting
+    down, certificate subjects), not a working set. An exception from ``make`` is never
+    kept: a bad key raises every time.
+
+        texts = BoundedTable(format_labels, 4096)
+        line = texts[labels]
+    """
+
+    __slots__ = ("_limit", "_make")
+
+    def __init__(self, make: Callable[[_K], _V], limit: int) -> None:
+        super().__init__()
+        self._make = make
+        self._limit = limit
+
+    def __missing__(self, key: _K) -> _V:
+        if len(self) >= self._limit:
+            self.clear()
+        value = self[key] = self._make(key)
+        return value
 
 
 class Memo:
@@ -90,10 +118,9 @@ class Memo:
     every time for the same input (an IP literal's facts, a certificate, a module's DNS query,
     a DNS server's answer).
 
-    Bounded: each function's table holds at most ``limit`` results and is emptied when full
-    (a probe fleet sees few distinct inputs, so a full table means churn, e.g. TTLs counting
-    down, not a working set). An exception is never kept: a bad input raises every time.
-    Lives on the :class:`Connector`, so nothing is cached at module level.
+    Each function has its own :class:`BoundedTable` of at most ``limit`` results (a probe
+    fleet sees few distinct inputs). An exception is never kept: a bad input raises every
+    time. Lives on the :class:`Connector`, so nothing is cached at module level.
 
         info = connector.memo(cert_info, der)
     """
@@ -102,22 +129,15 @@ class Memo:
 
     def __init__(self, limit: int = 4096) -> None:
         self._limit = limit
-        self._tables: dict[Callable[..., object], dict[tuple[object, ...], object]] = {}
+        self._tables: dict[Callable[..., object], BoundedTable[tuple[object, ...], object]] = {}
         self._keyed: dict[Callable[..., object], dict[Hashable, tuple[object, object]]] = {}
 
     def __call__(self, fn: Callable[..., _R], *args: Hashable) -> _R:
         """``fn(*args)``, from the table when these arguments were seen before."""
         table = self._tables.get(fn)
         if table is None:
-            table = self._tables[fn] = {}
-        try:
-            return table[args]  # type: ignore[return-value]
-        except KeyError:
-            pass
-        if len(table) >= self._limit:
-            table.clear()
-        result = table[args] = fn(*args)
-        return result
+            table = self._tables[fn] = BoundedTable(lambda key: fn(*key), self._limit)
+        return table[args]  # type: ignore[return-value]
 
     def keyed(self, key: Hashable, fn: Callable[..., _R], *args: object) -> _R:
         """``fn(*args)``, kept under ``key``: for arguments that do not hash (a config model),

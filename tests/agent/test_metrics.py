@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import agent.metrics
 from agent.config import Identity
-from agent.metrics import CHECKS_PER_SLICE, AgentMetrics, _Formatted
+from agent.metrics import CHECKS_PER_SLICE, AgentMetrics
 from agent.scheduler import CheckSpec, Scheduler
 from probes.modules import Module
 from probes.result import ProbeResult, Reason, Recorder
@@ -67,22 +67,6 @@ def test_probe_page_names_a_gauge_without_help_in_its_help_line() -> None:
     )
     assert "# HELP probe_custom probe_custom\n# TYPE probe_custom gauge\nprobe_custom 2\n" in text
     assert 'probe_custom_labelled{kind="a\\\\b"} 1\n' in text
-
-
-def test_formats_are_made_once_per_key_and_emptied_when_full() -> None:
-    calls: list[str] = []
-
-    def upper(key: str) -> str:
-        calls.append(key)
-        return key.upper()
-
-    table = _Formatted(upper, limit=2)
-    assert [table["a"], table["a"], table["b"]] == ["A", "A", "B"]
-    assert calls == ["a", "b"]
-    assert table["c"] == "C"  # full: emptied, then "c" kept
-    assert dict(table) == {"c": "C"}
-    assert table["a"] == "A"
-    assert calls == ["a", "b", "c", "a"]
 
 
 def test_public_surface() -> None:

@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.scheduler import SLOT_GRID, CheckSpec, ConcurrencyCap, Scheduler, slot_offset
+from agent.scheduler import SLOT_GRID, CheckSpec, ConcurrencyCap, Runner, Scheduler, slot_offset
 from probes.modules import Module
 from probes.result import ProbeResult, Reason, Recorder
 from tests.waiting import until
@@ -145,7 +145,8 @@ def test_concurrency_cap_hands_freed_slots_to_waiters_in_order() -> None:
     assert cap.try_take() and cap.try_take() and not cap.try_take()
 
 
-async def test_a_run_waiting_for_the_cap_counts_as_late() -> None:
+def gated_runner() -> tuple[asyncio.Event, list[str], Runner]:
+    """A runner that notes each check it starts and holds it until the gate opens."""
     gate = asyncio.Event()
     started: list[str] = []
 
@@ -154,6 +155,11 @@ async def test_a_run_waiting_for_the_cap_counts_as_late() -> None:
         await gate.wait()
         return ok(s.target)
 
+    return gate, started, runner
+
+
+async def test_a_run_waiting_for_the_cap_counts_as_late() -> None:
+    gate, started, runner = gated_runner()
     sched = Scheduler(runner, node="n1", max_concurrency=1)
     sched.update([spec("a"), spec("b")])
     async with running(sched):
@@ -168,14 +174,7 @@ async def test_a_run_waiting_for_the_cap_counts_as_late() -> None:
 
 
 async def test_a_removed_check_gives_up_its_place_in_the_queue() -> None:
-    gate = asyncio.Event()
-    started: list[str] = []
-
-    async def runner(s: CheckSpec) -> ProbeResult:
-        started.append(s.name)
-        await gate.wait()
-        return ok(s.target)
-
+    gate, started, runner = gated_runner()
     specs = [spec("a"), spec("b"), spec("c")]
     sched = Scheduler(runner, node="n1", max_concurrency=1)
     sched.update(specs)
@@ -283,6 +282,3 @@ async def test_stop_cancels_in_flight_runs() -> None:
     assert cancelled.is_set()
     rt = sched.get("hang")
     assert rt is not None and rt.handle is None
-
-
-Runner = Callable[[CheckSpec], Awaitable[ProbeResult]]

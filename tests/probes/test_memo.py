@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from probes.connection import Connector, Memo
+from probes.connection import BoundedTable, Connector, Memo
 
 
 def test_a_result_is_computed_once_per_distinct_arguments() -> None:
@@ -74,6 +74,22 @@ def test_keyed_names_unhashable_arguments_by_id_and_keeps_them_alive() -> None:
     memo.keyed(("a",), total, [1], 1)
     memo.keyed(("b",), total, [2], 1)  # full: emptied first, like the plain tables
     assert len(memo._keyed[total]) == 1
+
+
+def test_a_bounded_table_makes_each_value_once_and_is_emptied_when_full() -> None:
+    calls: list[str] = []
+
+    def upper(key: str) -> str:
+        calls.append(key)
+        return key.upper()
+
+    table = BoundedTable(upper, limit=2)
+    assert [table["a"], table["a"], table["b"]] == ["A", "A", "B"]
+    assert calls == ["a", "b"]
+    assert table["c"] == "C"  # full: emptied, then "c" kept
+    assert dict(table) == {"c": "C"}
+    assert table["a"] == "A"
+    assert calls == ["a", "b", "c", "a"]
 
 
 def test_connector_memoises_ip_literals() -> None:
